@@ -1,0 +1,110 @@
+"""Parameter paths and masks over pytrees (Flax linen dicts, NNX states, anything).
+
+A path is the '/'-joined keys a Flax user reads: ``params/Dense_0/kernel`` for
+a linen variable dict, ``linear1/kernel`` for an NNX ``State`` (the Variable's
+trailing ``.value`` is dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Mask = Optional[Union[Any, Callable[[Any], Any]]]
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def path_to_string(path: tuple) -> str:
+    """``(DictKey('params'), DictKey('Dense_0'), DictKey('kernel'))`` -> ``'params/Dense_0/kernel'``."""
+    names = [_key_name(key) for key in path]
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        names = names[:-1]  # an NNX Variable's payload
+    return "/".join(names)
+
+
+def leaf_paths(tree: Any) -> list[str]:
+    """The path string of every leaf, in ``jax.tree.leaves`` order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [path_to_string(path) for path, _ in flat]
+
+
+def is_floating(leaf: Any) -> bool:
+    """Whether a leaf is a real floating array (the only kind optreg regularizes)."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(leaf).dtype
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def check_real(tree: Any, name: str = "params") -> None:
+    """Raises ``TypeError`` for complex leaves; integer and bool leaves are left alone."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{name} leaf {path_to_string(path)!r} is complex ({dtype}); optreg's penalties are "
+                "defined for real weights. Split it into real and imaginary parts, or mask it out."
+            )
+
+
+def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
+    """One bool per leaf of ``params``: where the transform applies.
+
+    Like optax, ``mask`` is ``None`` (everything), a pytree with the same
+    structure as ``params`` (or a prefix of it) with bool leaves, or a callable
+    ``params -> such a pytree``. A mask that does not fit ``params`` is an
+    error, never a silent no-op.
+    """
+    treedef = jax.tree_util.tree_structure(params)
+    if mask is None:
+        return [True] * treedef.num_leaves
+    tree = mask(params) if callable(mask) else mask
+    try:
+        broadcast = jax.tree.map(
+            lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params
+        )
+        flags = treedef.flatten_up_to(broadcast)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{name} does not match the parameters' structure: it must be a pytree of bools with the "
+            f"same structure as the params (or a prefix of it), or a callable returning one.\n"
+            f"params paths: {leaf_paths(params)}\n{error}"
+        ) from error
+    result = []
+    for path, flag in zip(leaf_paths(params), flags):
+        if isinstance(flag, jax.core.Tracer):
+            raise TypeError(f"{name} at {path!r} is a traced value; a mask must be static Python bools.")
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} at {path!r} must be a bool, got {flag!r}.")
+        result.append(bool(flag))
+    return result
+
+
+def map_selected(
+    function: Callable[..., Any], selected: list[bool], updates: Any, *rest: Any
+) -> Any:
+    """Applies ``function(update, *rest_leaves)`` on selected floating leaves; others pass through."""
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    rest_leaves = [treedef.flatten_up_to(tree) for tree in rest]
+    out = []
+    for index, (leaf, chosen) in enumerate(zip(leaves, selected)):
+        others = [tree_leaves[index] for tree_leaves in rest_leaves]
+        if chosen and is_floating(leaf) and all(is_floating(o) for o in others):
+            out.append(function(leaf, *others))
+        else:
+            out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
