@@ -44,9 +44,7 @@ def elementwise_transform(
         _tree.resolve_mask(mask, params)
         return _hyper.init_count()
 
-    def update_fn(
-        updates: Any, state: CountState, params: Optional[Any] = None
-    ) -> tuple[Any, CountState]:
+    def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:
         params = require_params(params, name)
         values = {key: _hyper.value_at(value, state.count) for key, value in hyperparameters.items()}
         selected = _tree.resolve_mask(mask, params)

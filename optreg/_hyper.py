@@ -26,7 +26,7 @@ class CountState(NamedTuple):
     plain, checkpointable array.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
 
 
 def init_count() -> CountState:

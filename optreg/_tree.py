@@ -69,14 +69,12 @@ def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
     ``params -> such a pytree``. A mask that does not fit ``params`` is an
     error, never a silent no-op.
     """
-    treedef = jax.tree_util.tree_structure(params)
+    treedef: Any = jax.tree_util.tree_structure(params)  # jax's PyTreeDef is untyped for mypy
     if mask is None:
         return [True] * treedef.num_leaves
     tree = mask(params) if callable(mask) else mask
     try:
-        broadcast = jax.tree.map(
-            lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params
-        )
+        broadcast = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params)
         flags = treedef.flatten_up_to(broadcast)
     except (ValueError, TypeError) as error:
         raise ValueError(
@@ -85,7 +83,7 @@ def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
             f"params paths: {leaf_paths(params)}\n{error}"
         ) from error
     result = []
-    for path, flag in zip(leaf_paths(params), flags):
+    for path, flag in zip(leaf_paths(params), flags, strict=True):
         if isinstance(flag, jax.core.Tracer):
             raise TypeError(f"{name} at {path!r} is a traced value; a mask must be static Python bools.")
         if not isinstance(flag, (bool, np.bool_)):
@@ -94,17 +92,28 @@ def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
     return result
 
 
-def map_selected(
-    function: Callable[..., Any], selected: list[bool], updates: Any, *rest: Any
-) -> Any:
+def flatten_like(updates_treedef: Any, tree: Any, name: str = "params") -> list[Any]:
+    """The leaves of ``tree`` in the order of ``updates_treedef``; an error naming ``name`` if it does not fit."""
+    treedef: Any = updates_treedef  # jax's PyTreeDef is untyped for mypy
+    try:
+        return treedef.flatten_up_to(tree)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{name} must have the same pytree structure as the updates (pass the params the gradients "
+            f"were taken of). updates: {treedef}\n{error}"
+        ) from error
+
+
+def map_selected(function: Callable[..., Any], selected: list[bool], updates: Any, *rest: Any) -> Any:
     """Applies ``function(update, *rest_leaves)`` on selected floating leaves; others pass through."""
     leaves, treedef = jax.tree_util.tree_flatten(updates)
-    rest_leaves = [treedef.flatten_up_to(tree) for tree in rest]
+    rest_leaves = [flatten_like(treedef, tree) for tree in rest]
     out = []
-    for index, (leaf, chosen) in enumerate(zip(leaves, selected)):
+    for index, (leaf, chosen) in enumerate(zip(leaves, selected, strict=True)):
         others = [tree_leaves[index] for tree_leaves in rest_leaves]
         if chosen and is_floating(leaf) and all(is_floating(o) for o in others):
-            out.append(function(leaf, *others))
+            # jnp.asarray: a Python-float leaf has no .dtype / .astype
+            out.append(function(jnp.asarray(leaf), *(jnp.asarray(o) for o in others)))
         else:
             out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -14,7 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="optreg: regularization as composable Optax gradient transformations for JAX.",
     )
     parser.add_argument("--version", action="version", version=f"optreg {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from optreg.demo.command import add_parser as add_demo_parser
+
+    add_demo_parser(subparsers)
     return parser
 
 

@@ -34,9 +34,7 @@ def _compute_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def lq_penalty(
-    params: Any, q: float = 2.0, weight_decay: Any = 1.0, mask: Mask = None
-) -> jax.Array:
+def lq_penalty(params: Any, q: float = 2.0, weight_decay: Any = 1.0, mask: Mask = None) -> jax.Array:
     """The Lq penalty Ω(w) = (λ/q)·Σ|w|^q over the (masked) floating leaves.
 
     This is the loss-side form of :func:`add_decayed_weights_q`: adding it to a
@@ -56,18 +54,18 @@ def lq_penalty(
       Goodfellow, Bengio, Courville, *Deep Learning*, §7.1 (parameter norm penalties), 2016.
     """
     q = check_exponent(q)
+    _tree.check_real(params)
     selected = _tree.resolve_mask(mask, params)
     total = jnp.zeros([], jnp.float32)
-    for leaf, chosen in zip(jax.tree.leaves(params), selected):
+    for leaf, chosen in zip(jax.tree.leaves(params), selected, strict=True):
         if chosen and _tree.is_floating(leaf):
+            leaf = jnp.asarray(leaf)
             magnitude = jnp.abs(leaf.astype(_compute_dtype(leaf.dtype)))
             total = total + jnp.sum(magnitude**q)
     return jnp.asarray(weight_decay) / q * total
 
 
-def lq_gradient(
-    params: jax.Array, weight_decay: Any, q: float, eps: float = DEFAULT_EPS
-) -> jax.Array:
+def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEFAULT_EPS) -> jax.Array:
     """∂/∂w of (λ/q)·Σ|w|^q, elementwise: λ·sign(w)·|w|^(q−1), made safe.
 
     * At w = 0 the value is 0 for every q (the subgradient of smallest norm for
@@ -77,6 +75,7 @@ def lq_gradient(
       finite value: never inf, never NaN. Use :func:`optreg.proximal_lq` when
       you want exact zeros rather than a large pull towards them.
     * For q >= 1 the result overflows only where the true value exceeds the dtype.
+    * Subnormal weights may be flushed to zero by XLA on CPU, and then count as 0.
     * λ = 0 gives exactly 0 (no 0·inf).
 
     Half-precision inputs are computed in float32 and cast back.
@@ -90,19 +89,20 @@ def lq_gradient(
     Returns:
       Array with the dtype and shape of ``params``.
     """
+    params = jnp.asarray(params)
     dtype = params.dtype
+    w = params.astype(_compute_dtype(dtype))  # half precision: λ·w in float32 (λ = 1e-8 is 0 in fp16)
     if q == 2.0:
-        return (weight_decay * params).astype(dtype)
+        return (weight_decay * w).astype(dtype)
     if q == 1.0:
-        return (weight_decay * jnp.sign(params)).astype(dtype)
-    w = params.astype(_compute_dtype(dtype))
+        return (weight_decay * jnp.sign(w)).astype(dtype)
     magnitude = jnp.abs(w)
     if q == 1.5:
         power = jnp.sqrt(magnitude)
     elif q == 3.0:
-        power = magnitude
-    elif q == 4.0:
         power = magnitude * magnitude
+    elif q == 4.0:
+        power = magnitude * magnitude * magnitude
     elif q > 1.0:
         power = magnitude ** (q - 1.0)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import optax
@@ -44,7 +44,8 @@ def add_elastic_net(
     References:
       Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS-B 2005.
     """
-    def add(update: jax.Array, weight: jax.Array, values: dict) -> jax.Array:
+
+    def add(update: jax.Array, weight: jax.Array, values: Mapping[str, jax.Array]) -> jax.Array:
         gradient = lq_gradient(weight, values["l1"], 1.0) + lq_gradient(weight, values["l2"], 2.0)
         return update + gradient.astype(update.dtype)
 

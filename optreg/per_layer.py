@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union, cast
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +25,7 @@ from optreg._tree import Mask
 from optreg.decay import DEFAULT_EPS, lq_gradient
 from optreg.masks import decay_mask
 
-WeightDecays = Union[
-    Mapping[str, Hyperparameter], Callable[[str, Any], Optional[Hyperparameter]], Any
-]
+WeightDecays = Union[Mapping[str, Hyperparameter], Callable[[str, Any], Optional[Hyperparameter]], Any]
 
 
 @dataclass(frozen=True)
@@ -70,17 +68,21 @@ class Rules:
         self.patterns: Optional[list[tuple[re.Pattern, Hyperparameter]]] = None
         if _is_rules(weight_decays):
             self.patterns = []
-            for pattern, value in weight_decays.items():
+            for pattern, value in cast(Mapping[str, Hyperparameter], weight_decays).items():
                 try:
                     compiled = re.compile(pattern)
                 except re.error as error:
-                    raise ValueError(f"weight_decays: {pattern!r} is not a valid regular expression: {error}") from error
+                    raise ValueError(
+                        f"weight_decays: {pattern!r} is not a valid regular expression: {error}"
+                    ) from error
                 _hyper.check_hyperparameter(value, f"weight_decays[{pattern!r}]")
                 self.patterns.append((compiled, value))
         elif isinstance(weight_decays, Mapping) and len(weight_decays) == 0:
             raise ValueError("weight_decays is empty: give at least one rule, e.g. {'Dense_0/kernel': 1e-4}.")
         elif weight_decays is None:
-            raise TypeError("weight_decays must be a mapping regex -> λ, a callable (path, leaf) -> λ, or a pytree of λ.")
+            raise TypeError(
+                "weight_decays must be a mapping regex -> λ, a callable (path, leaf) -> λ, or a pytree of λ."
+            )
 
     def resolve(self, params: Any) -> list[ResolvedDecay]:
         """One :class:`ResolvedDecay` per leaf of ``params``; raises on a rule that matches nothing."""
@@ -91,11 +93,12 @@ class Rules:
         if self.patterns is not None:
             decays, reasons = self._from_patterns(paths, leaves, selected)
         elif callable(self.source):
-            decays = [self.source(path, leaf) for path, leaf in zip(paths, leaves)]
+            decays = [self.source(path, leaf) for path, leaf in zip(paths, leaves, strict=True)]
             reasons = ["callable" if d is not None else "callable returned None" for d in decays]
         else:
             try:
-                decays = jax.tree_util.tree_structure(params).flatten_up_to(self.source)
+                treedef: Any = jax.tree_util.tree_structure(params)
+                decays = treedef.flatten_up_to(self.source)
             except (ValueError, TypeError) as error:
                 raise ValueError(
                     "weight_decays (a pytree of λ) does not match the params' structure.\n"
@@ -103,14 +106,15 @@ class Rules:
                 ) from error
             reasons = ["pytree" if d is not None else "pytree leaf is None" for d in decays]
         result = []
-        for path, leaf, decay, reason, chosen in zip(paths, leaves, decays, reasons, selected):
+        for path, leaf, decay, reason, chosen in zip(paths, leaves, decays, reasons, selected, strict=True):
             if decay is not None:
                 _hyper.check_hyperparameter(decay, f"weight_decays at {path!r}")
             if decay is not None and not chosen:
                 decay, reason = None, "masked out"
             if decay is not None and not _tree.is_floating(leaf):
                 decay, reason = None, "not floating"
-            result.append(ResolvedDecay(path, tuple(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__)), decay, reason))
+            dtype = str(getattr(leaf, "dtype", type(leaf).__name__))
+            result.append(ResolvedDecay(path, tuple(np.shape(leaf)), dtype, decay, reason))
         return result
 
     def _from_patterns(self, paths: list[str], leaves: list[Any], selected: list[bool]):
@@ -118,7 +122,7 @@ class Rules:
         decays: list[Optional[Hyperparameter]] = []
         reasons: list[str] = []
         used: dict[str, list[bool]] = {p.pattern: [] for p, _ in self.patterns}
-        for path, chosen in zip(paths, selected):
+        for path, chosen in zip(paths, selected, strict=True):
             for pattern, value in self.patterns:
                 if pattern.search(path):
                     decays.append(value)
@@ -128,16 +132,16 @@ class Rules:
             else:
                 decays.append(None)
                 reasons.append("no rule matches")
-        for pattern, matched in used.items():
+        for pattern_text, matched in used.items():
             if not matched:
                 raise ValueError(
-                    f"weight_decays rule {pattern!r} matches no parameter (rules are tried in order and "
+                    f"weight_decays rule {pattern_text!r} matches no parameter (rules are tried in order and "
                     f"the first match wins, so an earlier rule may take its parameters). "
                     f"Available paths: {paths}"
                 )
             if not any(matched):
                 raise ValueError(
-                    f"weight_decays rule {pattern!r} matches only parameters the mask leaves out "
+                    f"weight_decays rule {pattern_text!r} matches only parameters the mask leaves out "
                     f"(by default optreg.decay_mask: no biases, norm scales or 1-D parameters). "
                     f"Pass mask=None to decay them anyway."
                 )
@@ -200,13 +204,14 @@ def per_layer_decay(
         params = require_params(params, "per_layer_decay")
         resolved = rules.resolve(params)
         leaves, treedef = jax.tree_util.tree_flatten(updates)
-        weights = treedef.flatten_up_to(params)
+        weights = _tree.flatten_like(treedef, params)
         out = []
-        for update, weight, entry in zip(leaves, weights, resolved):
+        for update, weight, entry in zip(leaves, weights, resolved, strict=True):
             if entry.weight_decay is None:
                 out.append(update)
                 continue
             lam = _hyper.value_at(entry.weight_decay, state.count)
+            update = jnp.asarray(update)
             out.append(update + lq_gradient(weight, lam, q, eps).astype(update.dtype))
         return jax.tree_util.tree_unflatten(treedef, out), _hyper.next_count(state)
 
@@ -230,7 +235,7 @@ def per_layer_penalty(
     q = check_exponent(q)
     resolved = Rules(weight_decays, mask).resolve(params)
     total = jnp.zeros([], jnp.float32)
-    for leaf, entry in zip(jax.tree.leaves(params), resolved):
+    for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):
         if entry.weight_decay is not None:
             lam = _hyper.value_at(entry.weight_decay, jnp.asarray(count, jnp.int32))
             magnitude = jnp.abs(leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)))
@@ -256,11 +261,11 @@ def describe(tx_or_rules: Union[PerLayerDecay, WeightDecays], params: Any, mask:
         if entry.weight_decay is None:
             shown = "-"
         elif callable(entry.weight_decay):
-            shown = f"schedule ({float(entry.weight_decay(0)):.3g} at step 0)"
+            shown = f"schedule ({float(entry.weight_decay(jnp.zeros([], jnp.int32))):.3g} at step 0)"
         else:
             shown = f"{float(entry.weight_decay):.3g}"
         rows.append((entry.path, str(entry.shape), entry.dtype, shown, entry.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The demo: every regularizer trained on scikit-learn's digits. Needs ``optreg[demo]``."""
