@@ -1,0 +1,192 @@
+"""Projection onto Lq balls: optax for q = 1, 2, ∞; scipy's SLSQP for other q; the transform contract."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.optimize import minimize
+
+import optreg
+from optreg.projection import bisection_projection
+
+OPTAX_BALLS = {
+    1.0: optax.projections.projection_l1_ball,
+    2.0: optax.projections.projection_l2_ball,
+    math.inf: optax.projections.projection_linf_ball,
+}
+
+
+def random_tree(seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return {
+        "dense": {"kernel": jnp.asarray(scale * rng.normal(size=(3, 4)), jnp.float32)},
+        "bias": jnp.asarray(scale * rng.normal(size=5), jnp.float32),
+    }
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, math.inf])
+def test_transform_equals_optax_projection_of_the_whole_tree(q):
+    params, grads = random_tree(0), random_tree(1, scale=0.5)
+    stepped = jax.tree.map(lambda w, g: w - 0.5 * g, params, grads)
+    for radius in (0.3, 100.0):
+        tx = optax.chain(optax.sgd(0.5), optreg.project_lq_ball(radius, q))
+        updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        want = OPTAX_BALLS[q](stepped, radius)
+        got = optax.apply_updates(params, updates)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0])
+def test_bisection_path_reproduces_optax_for_q_1_and_2(q):
+    tree = random_tree(2, scale=2.0)
+    project = jax.jit(bisection_projection, static_argnames="q")
+    for radius in (0.1, 1.0, 5.0):
+        got = project(jax.tree.leaves(tree), jnp.float32(radius), q=q)
+        want = jax.tree.leaves(OPTAX_BALLS[q](tree, radius))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def slsqp_projection(x, radius, q):
+    constraint = {
+        "type": "ineq",
+        "fun": lambda z: radius**q - np.sum(np.abs(z) ** q),
+        "jac": lambda z: -q * np.sign(z) * np.abs(z) ** (q - 1),
+    }
+    start = x * 0.5 * radius / np.sum(np.abs(x) ** q) ** (1 / q)
+    result = minimize(
+        lambda z: 0.5 * np.sum((z - x) ** 2),
+        start,
+        jac=lambda z: z - x,
+        constraints=[constraint],
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 1000},
+    )
+    # Status 8 ("positive directional derivative") is SLSQP stopping at machine precision.
+    assert result.success or result.status == 8, result.message
+    assert np.sum(np.abs(result.x) ** q) <= radius**q * (1 + 1e-9)
+    return result.x
+
+
+@pytest.mark.parametrize("q", [1.2, 1.5, 3.0, 4.0])
+def test_other_q_matches_scipy_slsqp(q):
+    rng = np.random.default_rng(3)
+    for trial in range(3):
+        x = rng.normal(scale=2.0, size=5)
+        radius = 1.0 + trial
+        want = slsqp_projection(x, radius, q)
+        with jax.enable_x64(True):
+            got = np.asarray(optreg.projection_lq_ball(jnp.asarray(x), radius, q))
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        assert np.sum(np.abs(got) ** q) <= radius**q * (1 + 1e-12)
+
+
+def test_inside_the_ball_nothing_changes_and_radius_zero_gives_zeros():
+    tree = random_tree(4, scale=0.1)
+    for q in (1.0, 1.5, 2.0, 3.0, math.inf):
+        inside = optreg.projection_lq_ball(tree, 1e3, q)
+        for g, w in zip(jax.tree.leaves(inside), jax.tree.leaves(tree)):
+            np.testing.assert_array_equal(g, w)
+        collapsed = optreg.projection_lq_ball(tree, 0.0, q)
+        for leaf in jax.tree.leaves(collapsed):
+            np.testing.assert_array_equal(leaf, 0.0)
+        zeros = optreg.projection_lq_ball(jax.tree.map(jnp.zeros_like, tree), 0.0, q)
+        assert not any(np.any(np.isnan(leaf)) for leaf in jax.tree.leaves(zeros))
+
+
+def test_mask_excludes_leaves_from_the_norm_and_the_projection():
+    params, grads = random_tree(5, scale=3.0), random_tree(6)
+    mask = {"dense": {"kernel": True}, "bias": False}
+    tx = optax.chain(optax.sgd(0.1), optreg.project_lq_ball(1.0, 2.0, mask=mask))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["bias"], -0.1 * grads["bias"], rtol=1e-6)
+    kernel = params["dense"]["kernel"] - 0.1 * grads["dense"]["kernel"]
+    np.testing.assert_allclose(
+        params["dense"]["kernel"] + updates["dense"]["kernel"],
+        optax.projections.projection_l2_ball(kernel, 1.0),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_per_leaf_projects_every_leaf_onto_its_own_ball():
+    params = random_tree(7, scale=3.0)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    for q in (2.0, 3.0):
+        tx = optreg.project_lq_ball(1.5, q, per_leaf=True)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        for leaf in jax.tree.leaves(optax.apply_updates(params, updates)):
+            norm = float(jnp.sum(jnp.abs(leaf) ** q) ** (1 / q))
+            assert norm == pytest.approx(1.5, rel=1e-5)
+    tx = optreg.project_lq_ball(1.5, 2.0, per_leaf=True)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for got, leaf in zip(jax.tree.leaves(optax.apply_updates(params, updates)), jax.tree.leaves(params)):
+        np.testing.assert_allclose(got, optax.projections.projection_l2_ball(leaf, 1.5), rtol=1e-6, atol=1e-7)
+
+
+def test_radius_schedule_and_inject_hyperparams():
+    params = {"w": jnp.array([3.0, 4.0])}
+    grads = {"w": jnp.zeros(2)}
+    schedule = optax.linear_schedule(5.0, 1.0, transition_steps=4)
+    tx = optreg.project_lq_ball(schedule, 2.0)
+    state = tx.init(params)
+    for k in range(5):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        assert float(jnp.linalg.norm(params["w"])) == pytest.approx(5.0 - k, rel=1e-6)
+    injected = optax.inject_hyperparams(optreg.project_lq_ball, static_args=("q", "per_leaf"))(radius=0.5, q=3.0)
+    state = injected.init(params)
+    update = jax.jit(injected.update)
+    for radius in (0.5, 0.25):
+        state.hyperparams["radius"] = jnp.asarray(radius)
+        updates, _ = update(grads, state, params)
+        projected = optax.apply_updates(params, updates)["w"]
+        assert float(jnp.sum(jnp.abs(projected) ** 3)) == pytest.approx(radius**3, rel=1e-4)
+
+
+def test_projected_adam_keeps_the_constraint_and_half_precision():
+    params = {"w": jnp.asarray(np.random.default_rng(8).normal(size=(4, 4)), jnp.bfloat16)}
+    target = jax.tree.map(lambda w: 10.0 * w.astype(jnp.float32), params)
+    tx = optax.chain(optax.adam(0.1), optreg.project_lq_ball(2.0, 1.5))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        grads = jax.tree.map(lambda w, t: (w.astype(jnp.float32) - t).astype(w.dtype), p, target)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    for _ in range(5):
+        params, state = step(params, state)
+        assert params["w"].dtype == jnp.bfloat16
+        norm = float(jnp.sum(jnp.abs(params["w"].astype(jnp.float32)) ** 1.5) ** (1 / 1.5))
+        assert norm <= 2.0 * 1.01  # bf16 rounding of the projected point
+
+
+def test_vmap_over_parameter_vectors():
+    tx = optreg.project_lq_ball(1.0, 3.0)
+    vectors = jnp.asarray(np.random.default_rng(9).normal(size=(5, 3)), jnp.float32)
+    batched = jax.vmap(lambda w: tx.update(jnp.zeros_like(w), tx.init(w), w)[0])(vectors)
+    for row in range(5):
+        one = optreg.projection_lq_ball(vectors[row], 1.0, 3.0)
+        np.testing.assert_allclose(vectors[row] + batched[row], one, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments_raise_at_construction():
+    with pytest.raises(ValueError, match="q must be >= 1"):
+        optreg.project_lq_ball(1.0, 0.5)
+    with pytest.raises(ValueError, match="radius"):
+        optreg.project_lq_ball(-1.0, 2.0)
+    with pytest.raises(TypeError, match="per_leaf"):
+        optreg.project_lq_ball(1.0, 2.0, per_leaf="yes")
+    with pytest.raises(TypeError, match="radius"):
+        optreg.projection_lq_ball(jnp.ones(3), lambda count: 1.0, 2.0)
+    with pytest.raises(ValueError, match="params"):
+        tx = optreg.project_lq_ball(1.0, 2.0)
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)))

@@ -1,0 +1,274 @@
+"""The prox operators are the minimisers they claim to be: brute force, optimality, closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+import optreg
+from optreg import prox as prox_module
+
+BRUTE_FORCE_Q = [0.0, 0.5, 2.0 / 3.0, 1.0, 1.5, 2.0, 3.0, 0.3, 1.3, 2.5]
+X_VALUES = np.concatenate([np.linspace(-4.0, 4.0, 33), [0.0, 1e-3, -1e-3, 7.5]])
+SCALES = [0.0, 0.05, 0.4, 1.0, 2.5]
+
+
+def objective(z: np.ndarray, x: float, s: float, q: float) -> np.ndarray:
+    """½(z − x)² + (s/q)|z|^q, or ½(z − x)² + s·[z ≠ 0] for q = 0, in float64."""
+    z = np.asarray(z, np.float64)
+    penalty = s * (z != 0) if q == 0 else (s / q) * np.abs(z) ** q
+    return 0.5 * (z - x) ** 2 + penalty
+
+
+@pytest.mark.parametrize("q", BRUTE_FORCE_Q)
+def test_prox_lq_is_the_grid_minimiser(q):
+    xs, ss = np.meshgrid(X_VALUES, SCALES)
+    x32 = np.asarray(jnp.asarray(xs.ravel(), jnp.float32), np.float64)
+    s = ss.ravel()
+    got = np.asarray(optreg.prox_lq(jnp.asarray(x32, jnp.float32), jnp.asarray(s, jnp.float32), q), np.float64)
+    # Grid z = t·x, t ∈ [−0.2, 1.2] (holds 0 and x exactly); spacing <= 1.4·|x|/24000.
+    t = np.concatenate([np.linspace(-0.2, 1.2, 24001), [0.0, 1.0]])
+    grid = t[None, :] * x32[:, None]
+    values = objective(grid, x32[:, None], s[:, None], q)
+    best = np.argmin(values, axis=1)
+    rows = np.arange(len(x32))
+    grid_min = values[rows, best]
+    # At least as good as every grid point: the prox is a global minimiser (float32 rounding allowed).
+    assert np.all(objective(got, x32, s, q) <= grid_min + 1e-6 * (1.0 + x32**2))
+    # And it sits where the grid's minimum is, unless the zero and the nonzero local minima
+    # (nearly) tie, which happens only for q < 1 and q = 0 at the threshold.
+    at_zero = objective(0.0, x32, s, q)
+    nonzero_min = np.min(np.where(grid != 0, values, np.inf), axis=1)
+    clear = (q >= 1) | (np.abs(at_zero - nonzero_min) > 1e-4)
+    spacing = 1.4 * np.abs(x32) / 24000
+    assert np.all(np.abs(got - grid[rows, best])[clear] <= 2 * spacing[clear] + 1e-5)
+    assert clear.mean() > 0.9
+
+
+def _stationary_root(a: float, s: float, q: float) -> float:
+    """|prox| from scipy's brentq on t + s·t^(q−1) = a with the threshold test for q < 1."""
+    if s == 0 or a == 0:
+        return a
+    if q < 1:
+        beta = (2 * s * (1 - q) / q) ** (1 / (2 - q))
+        if a <= beta + s * beta ** (q - 1):
+            return 0.0
+        return brentq(lambda t: t + s * t ** (q - 1) - a, beta, a, xtol=1e-300, rtol=1e-15)
+    return brentq(lambda t: t + s * t ** (q - 1) - a, 0.0, a, xtol=1e-300, rtol=1e-15)
+
+
+@pytest.mark.parametrize("q", [0.2, 0.5, 2.0 / 3.0, 0.9, 1.2, 1.5, 2.5, 3.0, 6.0])
+def test_prox_lq_matches_scipy_root_in_float64(q):
+    rng = np.random.default_rng(1)
+    a = np.exp(rng.uniform(-6, 6, 300))
+    s = np.exp(rng.uniform(-6, 6, 300))
+    want = np.array([_stationary_root(ai, si, q) for ai, si in zip(a, s)])
+    with jax.enable_x64(True):
+        signs = np.where(rng.uniform(size=300) < 0.5, -1.0, 1.0)
+        got = np.asarray(optreg.prox_lq(jnp.asarray(signs * a), jnp.asarray(s), q))
+        generic = np.asarray(prox_module._newton_root(jnp.asarray(a), jnp.asarray(s), q))
+    np.testing.assert_allclose(np.abs(got), want, rtol=1e-11, atol=0)
+    assert np.all(got * signs >= 0)
+    # The generic Newton path agrees with the closed forms (q = ½, ⅔, 3/2, 3) and scipy alike.
+    np.testing.assert_allclose(generic, want, rtol=1e-11, atol=0)
+
+
+@pytest.mark.parametrize("q", [1.0, 1.5, 3.0, 1.3])
+def test_convex_prox_satisfies_optimality_conditions(q):
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        x = rng.normal(scale=3.0, size=2000)
+        s = np.exp(rng.uniform(-4, 2, 2000))
+        z = np.asarray(optreg.prox_lq(jnp.asarray(x), jnp.asarray(s), q))
+    if q == 1.0:
+        # 0 ∈ z − x + s·∂|z|: |x| <= s where z = 0, z − x + s·sign(z) = 0 elsewhere.
+        zero = z == 0
+        assert np.all(np.abs(x[zero]) <= s[zero] * (1 + 1e-12))
+        np.testing.assert_allclose(z[~zero] - x[~zero] + s[~zero] * np.sign(z[~zero]), 0.0, atol=1e-12)
+        return
+    residual = z - x + s * np.sign(z) * np.abs(z) ** (q - 1)
+    np.testing.assert_allclose(residual, 0.0, atol=1e-10 * (1 + np.abs(x)).max())
+
+
+@pytest.mark.parametrize("q", [1.5, 2.5])
+def test_prox_is_stationary_for_the_penalty_that_optreg_defines(q):
+    # The loss-side penalty is the source of truth: ∇_z [½‖z − x‖² + lq_penalty(z, q, s)] = 0 at the prox.
+    x = jnp.linspace(-3.0, 3.0, 13)
+    s = 0.7
+    z = optreg.prox_lq(x, s, q)
+    gradient = jax.grad(lambda z: 0.5 * jnp.sum((z - x) ** 2) + optreg.lq_penalty(z, q, s))(z)
+    np.testing.assert_allclose(gradient, 0.0, atol=2e-6)
+
+
+def xu_half_thresholding(x, lam):
+    """Xu, Chang, Xu & Zhang 2012, Thm. 1: the minimiser of (z − x)² + λ|z|^½, as printed."""
+    threshold = 54 ** (1 / 3) / 4 * lam ** (2 / 3)
+    phi = np.arccos(lam / 8 * (np.abs(x) / 3) ** -1.5)
+    return np.where(np.abs(x) > threshold, 2 / 3 * x * (1 + np.cos(2 * np.pi / 3 - 2 / 3 * phi)), 0.0)
+
+
+def cao_two_thirds_thresholding(x, lam):
+    """Cao, Sun & Xu 2013, eq. (9)–(10): the minimiser of (z − x)² + λ|z|^⅔, as printed."""
+    threshold = 2 / 3 * (3 * lam**3) ** 0.25
+    phi = np.arccosh(27 * x**2 / 16 * lam**-1.5)
+    big_a = 2 / np.sqrt(3) * lam**0.25 * np.sqrt(np.cosh(phi / 3))
+    root = (big_a + np.sqrt(2 * np.abs(x) / big_a - big_a**2)) / 2
+    return np.where(np.abs(x) > threshold, np.sign(x) * root**3, 0.0)
+
+
+def test_half_and_two_thirds_equal_the_papers_formulas_after_rescaling():
+    # The papers drop optreg's ½ and 1/q: ½(z − x)² + (s/q)|z|^q = ½·[(z − x)² + (2s/q)|z|^q],
+    # so λ = 4s for q = ½ and λ = 3s for q = ⅔.
+    rng = np.random.default_rng(4)
+    s = np.exp(rng.uniform(-5, 5, 3000))
+    x = np.where(rng.uniform(size=3000) < 0.5, -1, 1) * np.exp(rng.uniform(-6, 6, 3000))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = xu_half_thresholding(x, 4 * s)
+        two_thirds = cao_two_thirds_thresholding(x, 3 * s)
+    with jax.enable_x64(True):
+        got_half = np.asarray(optreg.prox_lq(jnp.asarray(x), jnp.asarray(s), 0.5))
+        got_two_thirds = np.asarray(optreg.prox_lq(jnp.asarray(x), jnp.asarray(s), 2 / 3))
+    assert np.mean(half == 0) > 0.1 and np.mean(half != 0) > 0.1
+    np.testing.assert_allclose(got_half, half, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(got_two_thirds, two_thirds, rtol=1e-9, atol=0)
+
+
+def test_thresholds_and_ties_pick_zero():
+    # q = 0: hard threshold at √(2s); at the tie the sparser minimiser 0 is returned.
+    assert float(optreg.prox_lq(jnp.float32(2.0), 2.0, 0.0)) == 0.0
+    assert float(optreg.prox_lq(jnp.float32(2.0001), 2.0, 0.0)) == pytest.approx(2.0001)
+    # q = 1: soft threshold at s.
+    assert float(optreg.prox_lq(jnp.float32(1.0), 1.0, 1.0)) == 0.0
+    # q = ½ (Xu et al. 2012, λ = 4s): threshold (3/2)(2s)^(2/3), jump to β = (2s)^(2/3) just above it.
+    s = 1.0
+    tau, beta = 1.5 * (2 * s) ** (2 / 3), (2 * s) ** (2 / 3)
+    with jax.enable_x64(True):
+        assert float(optreg.prox_lq(jnp.float64(tau * (1 - 1e-9)), s, 0.5)) == 0.0
+        assert float(optreg.prox_lq(jnp.float64(tau * (1 + 1e-9)), s, 0.5)) == pytest.approx(beta, rel=1e-4)
+    # q = ⅔ (Cao, Sun & Xu 2013, λ = 3s): threshold 2·s^(3/4), jump to β = s^(3/4).
+    s = 0.5
+    tau, beta = 2 * s**0.75, s**0.75
+    with jax.enable_x64(True):
+        assert float(optreg.prox_lq(jnp.float64(tau * (1 - 1e-9)), s, 2 / 3)) == 0.0
+        assert float(optreg.prox_lq(jnp.float64(tau * (1 + 1e-9)), s, 2 / 3)) == pytest.approx(beta, rel=1e-4)
+
+
+EXTREMES = np.array([0.0, 1e-30, 1e-6, 0.5, 1.0, 3.0, 1e6, 1e30, 3e38], np.float32)
+
+
+HOSTILE_CASES = [(jnp.float32, q) for q in [0.0, 0.3, 0.5, 2.0 / 3.0, 1.0, 1.3, 1.5, 2.0, 3.0, 5.0]] + [
+    (dtype, q) for dtype in (jnp.bfloat16, jnp.float16) for q in [0.5, 2.0 / 3.0, 2.5]
+]
+
+
+@pytest.mark.parametrize("dtype, q", HOSTILE_CASES)
+def test_hostile_values_no_nan_no_growth_no_sign_flip(dtype, q):
+    x = np.concatenate([EXTREMES, -EXTREMES])
+    xs, ss = np.meshgrid(x, EXTREMES)
+    info = jnp.finfo(dtype)
+    xs = np.clip(xs, -float(info.max), float(info.max))
+    ss = np.clip(ss, 0, float(info.max))
+    inputs = jnp.asarray(xs, dtype)
+    out = optreg.prox_lq(inputs, jnp.asarray(ss, dtype), q)
+    assert out.dtype == dtype and out.shape == inputs.shape
+    got = np.asarray(out, np.float64)
+    given = np.asarray(inputs, np.float64)
+    assert not np.any(np.isnan(got))
+    assert np.all(np.abs(got) <= np.abs(given))
+    assert np.all(got * given >= 0)
+    # scale = 0 is the identity (for normal numbers), and x = 0 stays 0.
+    normal = np.abs(given) >= float(info.tiny)
+    zero_scale = (np.asarray(jnp.asarray(ss, dtype), np.float64) == 0) & (normal | (given == 0))
+    np.testing.assert_array_equal(got[zero_scale], given[zero_scale])
+    assert np.all(got[given == 0] == 0)
+
+
+def test_jit_vmap_and_traced_scale_agree_with_eager():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 7)), jnp.float32)
+    for q in [0.5, 0.7]:
+        eager = optreg.prox_lq(x, 0.3, q)
+        jitted = jax.jit(lambda x, s, q=q: optreg.prox_lq(x, s, q))(x, jnp.float32(0.3))
+        mapped = jax.vmap(lambda row, q=q: optreg.prox_lq(row, 0.3, q))(x)
+        np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(mapped, eager, rtol=1e-6, atol=1e-7)
+    # An array of scales broadcasts against x.
+    per_column = jnp.linspace(0.0, 1.0, 7)
+    np.testing.assert_allclose(
+        optreg.prox_lq(x, per_column, 1.0),
+        np.sign(x) * np.maximum(np.abs(x) - np.asarray(per_column), 0.0),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+
+def test_tree_prox_lq_maps_floating_leaves_only():
+    tree = {"w": jnp.array([[0.5, -2.0]], jnp.bfloat16), "b": jnp.array([1.5, 0.2]), "step": jnp.array(3)}
+    out = optreg.tree_prox_lq(tree, 0.5, 1.0)
+    np.testing.assert_array_equal(np.asarray(out["w"], np.float32), [[0.0, -1.5]])
+    np.testing.assert_allclose(out["b"], [1.0, 0.0])
+    assert out["w"].dtype == jnp.bfloat16 and out["step"] is tree["step"]
+
+
+def test_prox_elastic_net_is_the_grid_minimiser():
+    for x in np.linspace(-3, 3, 25):
+        for l1, l2 in [(0.0, 0.0), (0.5, 0.0), (0.0, 1.5), (0.7, 0.3), (2.0, 4.0)]:
+            z = float(optreg.prox_elastic_net(jnp.float32(x), l1, l2))
+            grid = np.linspace(-3.5, 3.5, 70001)
+            values = 0.5 * (grid - x) ** 2 + l1 * np.abs(grid) + 0.5 * l2 * grid**2
+            assert abs(z - grid[np.argmin(values)]) <= 2e-4, (x, l1, l2, z)
+    # Exact zeros below the L1 threshold, half precision kept.
+    out = optreg.prox_elastic_net(jnp.array([0.3, -0.3, 2.0], jnp.bfloat16), 0.5, 1.0)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(out, np.float32), [0.0, 0.0, 0.75])
+    # On the support, ∇ [½‖z − x‖² + elastic_net_penalty(z, l1, l2)] = 0; off it |x| <= l1.
+    x = jnp.linspace(-3.0, 3.0, 13)
+    z = optreg.prox_elastic_net(x, 0.4, 1.5)
+    gradient = jax.grad(lambda z: 0.5 * jnp.sum((z - x) ** 2) + optreg.elastic_net_penalty(z, 0.4, 1.5))(z)
+    np.testing.assert_allclose(np.asarray(gradient)[np.asarray(z) != 0], 0.0, atol=2e-6)
+    assert np.all(np.abs(np.asarray(x)[np.asarray(z) == 0]) <= 0.4)
+
+
+def test_prox_group_lasso_matches_2d_brute_force_per_row():
+    x = np.array([[0.3, -0.2], [1.5, 2.0], [-0.9, 0.4], [0.0, 0.0]], np.float32)
+    s = 0.8
+    z = np.asarray(optreg.prox_group_lasso(jnp.asarray(x), s, axis=-1))
+    axis = np.linspace(-2.5, 2.5, 501)
+    g0, g1 = np.meshgrid(axis, axis, indexing="ij")
+    for row, got in zip(x, z):
+        values = 0.5 * ((g0 - row[0]) ** 2 + (g1 - row[1]) ** 2) + s * np.hypot(g0, g1)
+        i, j = np.unravel_index(np.argmin(values), values.shape)
+        np.testing.assert_allclose(got, [axis[i], axis[j]], atol=0.011)
+    # The small rows (norm <= s) are exactly zero.
+    np.testing.assert_array_equal(z[[0, 3]], 0.0)
+
+
+def test_prox_group_lasso_per_leaf_on_a_pytree():
+    tree = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[0.1, 0.1]]), "n": jnp.array([7])}
+    out = optreg.prox_group_lasso(tree, 1.0)
+    # ‖a‖ = 5: shrunk by 1 − 1/5; ‖b‖ < 1: zero; integer leaf untouched.
+    np.testing.assert_allclose(out["a"], [2.4, 3.2], rtol=1e-6)
+    np.testing.assert_array_equal(out["b"], 0.0)
+    assert out["n"] is tree["n"]
+    cube = jnp.ones((2, 3, 4))
+    np.testing.assert_allclose(optreg.prox_group_lasso(cube, 1.0, axis=(1, 2)), (1 - 1 / math.sqrt(12)) * cube)
+
+
+def test_bad_arguments_raise_with_the_name():
+    with pytest.raises(ValueError, match="q"):
+        optreg.prox_lq(jnp.ones(2), 1.0, -1.0)
+    with pytest.raises(ValueError, match="scale"):
+        optreg.prox_lq(jnp.ones(2), -0.1, 1.0)
+    with pytest.raises(TypeError, match="x must be a real floating"):
+        optreg.prox_lq(jnp.ones(2, jnp.int32), 0.1, 1.0)
+    with pytest.raises(TypeError, match="static"):
+        optreg.prox_lq(jnp.ones(2), 0.1, jnp.float32(1.0))
+    with pytest.raises(ValueError, match="l2_scale"):
+        optreg.prox_elastic_net(jnp.ones(2), 0.1, float("nan"))
+    with pytest.raises(TypeError, match="axis"):
+        optreg.prox_group_lasso(jnp.ones(2), 0.1, axis="rows")
