@@ -197,7 +197,10 @@ def per_layer_decay(
 
     def init_fn(params: Any) -> CountState:
         _tree.check_real(params)
-        rules.resolve(params)
+        if any(hasattr(leaf, "shape") for leaf in jax.tree.leaves(params)):
+            # optax.tree_utils.tree_map_params (deriving optimizer-state shardings) calls init
+            # with one opaque placeholder for the whole tree; the rules are checked in update.
+            rules.resolve(params)
         return _hyper.init_count()
 
     def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:

@@ -6,8 +6,10 @@ the constraint after every step::
 
     tx = optax.chain(optax.adam(lr), optreg.project_lq_ball(radius=10.0, q=2.0))
 
-For q = 1, 2 and ∞ the projection is optax's own
-(``optax.projections.projection_l1_ball`` / ``_l2_ball`` / ``_linf_ball``).
+For q = 2 and ∞ the projection is optax's own (``optax.projections.projection_l2_ball`` /
+``_linf_ball``); q = 1 uses Michelot's threshold iteration, which equals
+``projection_l1_ball`` but needs no sort of the whole tree (so sharded
+parameters are never gathered).
 For any other q >= 1 it is found from the optimality condition
 
     P(x) = prox_lq(x, μ, q),  μ >= 0 with Σ|prox_lq(x, μ, q)|^q = radius^q,
@@ -106,12 +108,55 @@ def bisection_projection(
     ]
 
 
+def l1_threshold_projection(leaves: list[jax.Array], radius: jax.Array, max_iterations: int = 200) -> list[jax.Array]:
+    """Projection onto the L1 ball by Michelot's fixed-point iteration on the threshold θ.
+
+    θ₀ = (Σ|x| − r)/n, then θ ← (Σ_{|x|>θ}|x| − r) / #{|x| > θ}: θ increases
+    monotonically and reaches the exact threshold of the sort-based algorithm
+    (Duchi et al. 2008, as in ``optax.projections.projection_l1_ball``) in finitely
+    many steps. Unlike sorting, each step needs only two global sums, so on
+    sharded parameters it is two scalar all-reduces and nothing is gathered.
+
+    References:
+      Michelot, "A finite algorithm for finding the projection of a point onto the
+      canonical simplex of R^n", JOTA 1986; Condat, "Fast projection onto the simplex
+      and the l1 ball", Math. Programming 2016.
+    """
+    r = jnp.asarray(radius).astype(jnp.result_type(*leaves))
+    magnitudes = [jnp.abs(leaf) for leaf in leaves]
+    total = sum(jnp.sum(m) for m in magnitudes)
+    count = sum(m.size for m in magnitudes)
+    inside = total <= r
+
+    def above(theta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        kept = sum(jnp.sum(jnp.where(m > theta, m, 0.0)) for m in magnitudes)
+        number = sum(jnp.sum(m > theta) for m in magnitudes)
+        return kept, number
+
+    def step(carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        theta, _, iteration = carry
+        kept, number = above(theta)
+        new_theta = (kept - r) / jnp.maximum(number, 1).astype(theta.dtype)
+        return new_theta, theta, iteration + 1
+
+    def unfinished(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        theta, previous, iteration = carry
+        return (theta > previous) & (iteration < max_iterations)
+
+    start = (total - r) / count
+    theta, _, _ = jax.lax.while_loop(unfinished, step, step((start, start - 1.0, jnp.zeros([], jnp.int32))))
+    theta = jnp.maximum(theta, 0.0)
+    return [
+        jnp.where(inside, leaf, jnp.sign(leaf) * jnp.maximum(m - theta, 0.0)) for leaf, m in zip(leaves, magnitudes)
+    ]
+
+
 def _optax_projection(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.Array]:
     r = jnp.asarray(radius).astype(jnp.result_type(*leaves))
     positive = r > 0
     safe_r = jnp.where(positive, r, 1.0)
     if q == 1.0:
-        projected = optax.projections.projection_l1_ball(leaves, safe_r)
+        projected = l1_threshold_projection(leaves, safe_r)
     elif q == 2.0:
         projected = optax.projections.projection_l2_ball(leaves, safe_r)
     else:
@@ -132,9 +177,9 @@ def projection_lq_ball(tree: Any, radius: Any, q: float) -> Any:
     """Euclidean projection of a pytree onto {w : Σ|w|^q <= radius^q} (‖w‖_q <= radius).
 
     The norm is taken over all floating leaves together, as optax's
-    projections do; non-floating leaves pass through. For q = 1, 2, ∞ this is
-    ``optax.projections.projection_l1_ball`` / ``projection_l2_ball`` /
-    ``projection_linf_ball``; any other q >= 1 uses bisection on the
+    projections do; non-floating leaves pass through. For q = 2, ∞ this is
+    ``optax.projections.projection_l2_ball`` / ``projection_linf_ball``; q = 1 is
+    :func:`l1_threshold_projection` (equal to ``projection_l1_ball``, without its sort); any other q >= 1 uses bisection on the
     multiplier of :func:`optreg.prox_lq` (see the module docstring).
     Half-precision leaves are computed in float32 and cast back.
 

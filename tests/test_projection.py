@@ -190,3 +190,30 @@ def test_bad_arguments_raise_at_construction():
     with pytest.raises(ValueError, match="params"):
         tx = optreg.project_lq_ball(1.0, 2.0)
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+def l1_projection_float64(x, radius):
+    """Duchi et al. (2008) sort-based L1-ball projection in float64 (reference)."""
+    magnitude = np.abs(x.astype(np.float64))
+    if magnitude.sum() <= radius:
+        return x.astype(np.float64)
+    s = np.sort(magnitude)[::-1]
+    excess = np.cumsum(s) - radius
+    rho = np.nonzero(s - excess / np.arange(1, s.size + 1) > 0)[0].max()
+    return np.sign(x) * np.maximum(magnitude - excess[rho] / (rho + 1), 0.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_l1_threshold_iteration_as_accurate_as_optax_sort(seed):
+    """Ties, zeros, heavy tails and tiny radii: both float32 projections within float32 rounding of float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_cauchy(2000).astype(np.float32)
+    x[:100] = 0.0
+    x[100:300] = 1.5  # many ties
+    tree = {"a": jnp.asarray(x[:1500].reshape(30, 50)), "b": jnp.asarray(x[1500:])}
+    tolerance = 8 * np.finfo(np.float32).eps * np.abs(x).max()
+    for radius in (1e-3, 1.0, 37.0, float(np.abs(x).sum()) * 0.999):
+        reference = l1_projection_float64(x, radius)
+        for projected in (optreg.projection_lq_ball(tree, radius, 1.0), optax.projections.projection_l1_ball(tree, radius)):
+            flat = np.concatenate([np.ravel(projected["a"]), np.ravel(projected["b"])])
+            np.testing.assert_allclose(flat, reference, rtol=0, atol=tolerance)
