@@ -124,13 +124,13 @@ def l1_threshold_projection(leaves: list[jax.Array], radius: jax.Array, max_iter
     """
     r = jnp.asarray(radius).astype(jnp.result_type(*leaves))
     magnitudes = [jnp.abs(leaf) for leaf in leaves]
-    total = sum(jnp.sum(m) for m in magnitudes)
+    total = jnp.sum(jnp.stack([jnp.sum(m) for m in magnitudes]))
     count = sum(m.size for m in magnitudes)
     inside = total <= r
 
     def above(theta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        kept = sum(jnp.sum(jnp.where(m > theta, m, 0.0)) for m in magnitudes)
-        number = sum(jnp.sum(m > theta) for m in magnitudes)
+        kept = jnp.sum(jnp.stack([jnp.sum(jnp.where(m > theta, m, 0.0)) for m in magnitudes]))
+        number = jnp.sum(jnp.stack([jnp.sum(m > theta) for m in magnitudes]))
         return kept, number
 
     def step(carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -179,8 +179,8 @@ def projection_lq_ball(tree: Any, radius: Any, q: float) -> Any:
     The norm is taken over all floating leaves together, as optax's
     projections do; non-floating leaves pass through. For q = 2, ∞ this is
     ``optax.projections.projection_l2_ball`` / ``projection_linf_ball``; q = 1 is
-    :func:`l1_threshold_projection` (equal to ``projection_l1_ball``, without its sort); any other q >= 1 uses bisection on the
-    multiplier of :func:`optreg.prox_lq` (see the module docstring).
+    :func:`l1_threshold_projection` (equal to ``projection_l1_ball``, without its
+    sort); any other q >= 1 uses bisection on the multiplier of :func:`optreg.prox_lq` (see the module docstring).
     Half-precision leaves are computed in float32 and cast back.
 
     Args:

@@ -214,6 +214,7 @@ def test_l1_threshold_iteration_as_accurate_as_optax_sort(seed):
     tolerance = 8 * np.finfo(np.float32).eps * np.abs(x).max()
     for radius in (1e-3, 1.0, 37.0, float(np.abs(x).sum()) * 0.999):
         reference = l1_projection_float64(x, radius)
-        for projected in (optreg.projection_lq_ball(tree, radius, 1.0), optax.projections.projection_l1_ball(tree, radius)):
+        ours = optreg.projection_lq_ball(tree, radius, 1.0)
+        for projected in (ours, optax.projections.projection_l1_ball(tree, radius)):
             flat = np.concatenate([np.ravel(projected["a"]), np.ravel(projected["b"])])
             np.testing.assert_allclose(flat, reference, rtol=0, atol=tolerance)

@@ -1,0 +1,364 @@
+"""soft_share_prior / soft_share_penalty: the learned mixture prior (Ullrich et al. 2017)."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.stats import norm
+
+import optreg
+from optreg.soft_share import MixtureState
+
+K = 17
+
+
+def weights_tree(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "Dense_0": {"kernel": jnp.asarray(0.1 * rng.standard_normal((40, 30)), jnp.float32),
+                    "bias": jnp.asarray(0.01 * rng.standard_normal(30), jnp.float32)},
+        "Dense_1": {"kernel": jnp.asarray(0.2 * rng.standard_normal((30, 10)), jnp.float32),
+                    "bias": jnp.zeros(10, jnp.float32)},
+    }
+
+
+def trained_like_state(tx: optax.GradientTransformation, params: dict) -> MixtureState:
+    """A sharp mixture like one after retraining: σ ≈ 0.02, means spread over [-0.5, 0.5], π_0 = 0.9."""
+    state = tx.init(params)
+    means = jnp.concatenate([jnp.zeros(1), jnp.linspace(-0.5, 0.5, K - 1)]).astype(jnp.float32)
+    log_precisions = jnp.full(K, np.log(2500.0), jnp.float32).at[3].set(np.log(400.0))
+    logits = jnp.log(jnp.concatenate([jnp.array([0.9]), jnp.full(K - 1, 0.1 / (K - 1))])).astype(jnp.float32)
+    return state._replace(means=means, log_precisions=log_precisions, mixing_logits=logits)
+
+
+def numpy_weight_gradient(w: np.ndarray, state: MixtureState) -> np.ndarray:
+    """Σ_j r_j λ_j (w − μ_j) in float64 with scipy's normal pdf (independent of optreg's code)."""
+    means = np.asarray(state.means, np.float64)
+    precisions = np.exp(np.asarray(state.log_precisions, np.float64))
+    logits = np.asarray(state.mixing_logits, np.float64)
+    pi = np.exp(logits - logits.max())
+    pi /= pi.sum()
+    w = np.asarray(w, np.float64)[..., None]
+    log_joint = np.log(pi) + norm.logpdf(w, means, 1.0 / np.sqrt(precisions))
+    r = np.exp(log_joint - log_joint.max(-1, keepdims=True))
+    r /= r.sum(-1, keepdims=True)
+    return np.sum(r * precisions * (w - means), -1)
+
+
+def zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+# One transform per mode and one jitted update each, shared by the tests (compiling is the slow part).
+STRENGTH = 1e-2
+MASK = {"Dense_0": {"kernel": True, "bias": False}, "Dense_1": {"kernel": True, "bias": False}}
+TX = {mode: optreg.soft_share_prior(K, STRENGTH, mode=mode, mask=MASK) for mode in ("exact", "fast")}
+UPDATE = {mode: jax.jit(tx.update) for mode, tx in TX.items()}
+PENALTY_GRAD = jax.jit(jax.grad(lambda p, s: optreg.soft_share_penalty(p, s, STRENGTH, mask=MASK)))
+
+
+# ----------------------------------------------------------------------------- the weight gradient
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_transform_equals_grad_of_penalty(mode):
+    params = weights_tree()
+    for state in (TX[mode].init(params), trained_like_state(TX[mode], params)):
+        grads = weights_tree(1)
+        updates, _ = UPDATE[mode](grads, state, params)
+        penalty_grad = PENALTY_GRAD(params, state)
+        for layer in ("Dense_0", "Dense_1"):
+            added = updates[layer]["kernel"] - grads[layer]["kernel"]
+            reference = penalty_grad[layer]["kernel"]
+            scale = float(jnp.max(jnp.abs(reference)))
+            np.testing.assert_allclose(added, reference, atol=1e-4 * scale + 1e-7)
+            np.testing.assert_array_equal(updates[layer]["bias"], grads[layer]["bias"])
+            np.testing.assert_array_equal(penalty_grad[layer]["bias"], 0.0)
+
+
+def test_exact_gradient_matches_scipy_closed_form():
+    params = weights_tree()
+    state = trained_like_state(TX["exact"], params)
+    updates, _ = UPDATE["exact"](zeros_like(params), state, params)
+    for layer in ("Dense_0", "Dense_1"):
+        reference = STRENGTH * numpy_weight_gradient(params[layer]["kernel"], state)
+        np.testing.assert_allclose(updates[layer]["kernel"], reference, rtol=2e-4, atol=1e-5)
+
+
+def test_fast_mode_within_1e4_of_exact_on_a_sharp_mixture():
+    rng = np.random.default_rng(3)
+    # weights clustered at the means (as after retraining) plus a uniform spread
+    means = np.linspace(-0.5, 0.5, K - 1)
+    clustered = rng.choice(means, 20000) + 0.02 * rng.standard_normal(20000)
+    params = {"a": jnp.asarray(np.concatenate([clustered, rng.uniform(-0.6, 0.6, 20000)]), jnp.float32),
+              "b": jnp.asarray(0.01 * rng.standard_normal((100, 50)), jnp.float32)}
+    fast = optreg.soft_share_prior(K, 1.0, mode="fast")
+    state = trained_like_state(fast, params)
+    exact = optreg.soft_share_prior(K, 1.0, mode="exact")
+    fast_updates, fast_state = jax.jit(fast.update)(zeros_like(params), state, params)
+    exact_updates, exact_state = jax.jit(exact.update)(zeros_like(params), state, params)
+    scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(exact_updates))
+    for f, e in zip(jax.tree.leaves(fast_updates), jax.tree.leaves(exact_updates)):
+        assert float(jnp.max(jnp.abs(f - e))) <= 1e-4 * scale
+    # the histogram-based mixture step moves every parameter the same way as the exact one
+    for f, e in zip(jax.tree.leaves(fast_state[1:4]), jax.tree.leaves(exact_state[1:4])):
+        np.testing.assert_allclose(f, e, atol=1e-6)
+
+
+def test_fast_path_forms_no_n_by_k_array():
+    n = 5003
+    params = {"w": jnp.linspace(-1.0, 1.0, n)}
+    tx = optreg.soft_share_prior(K, 1.0, mode="fast", grid_size=1024)
+    state = tx.init(params)
+    jaxpr = jax.make_jaxpr(tx.update)(params, state, params)
+
+    def shapes(jaxpr):
+        for equation in jaxpr.eqns:
+            for var in equation.outvars:
+                yield tuple(getattr(var.aval, "shape", ()))
+            for sub in jax.core.subjaxprs(equation) if hasattr(jax.core, "subjaxprs") else ():
+                yield from shapes(sub)
+
+    assert not [shape for shape in shapes(jaxpr.jaxpr) if n in shape and K in shape]
+    exact_jaxpr = jax.make_jaxpr(optreg.soft_share_prior(K, 1.0, mode="exact").update)(params, state, params)
+    assert [shape for shape in shapes(exact_jaxpr.jaxpr) if n in shape and K in shape]  # the check can fail
+
+
+def test_seed_002_penalty_is_the_fixed_responsibility_equal_variance_case():
+    """λ·Σ_i Σ_j γ_ij (w_i − μ_j)² with γ = r held fixed and all λ_j = λ_p has the gradient τ·Σ_j r_ij λ_p (w_i − μ_j)
+    when τ·λ_p = 2λ."""
+    params = weights_tree()
+    tx = optreg.soft_share_prior(K, 1.0, mode="exact")
+    state = tx.init(params)
+    lambda_p, lam = 50.0, 0.3
+    tau = 2 * lam / lambda_p
+    state = state._replace(log_precisions=jnp.full(K, np.log(lambda_p), jnp.float32))
+    tx = optreg.soft_share_prior(K, tau, mode="exact")
+    updates, _ = jax.jit(tx.update)(zeros_like(params), state, params)
+
+    def seed_penalty(p):
+        total = 0.0
+        for w in jax.tree.leaves(p):
+            gamma = jax.lax.stop_gradient(optreg.responsibilities(w, state))
+            total = total + jnp.sum(gamma * (w[..., None] - state.means) ** 2)
+        return lam * total
+
+    chex.assert_trees_all_close(updates, jax.jit(jax.grad(seed_penalty))(params), atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the mixture step
+
+
+def test_first_mixture_step_descends_the_penalty_with_per_group_rates():
+    params = weights_tree()
+    rates = (1e-3, 2e-3, 5e-3)
+    tx = optreg.soft_share_prior(K, 1e-2, mode="exact", learn_zero_mixing=True, zero_mixing_prior=(50.0, 2.0),
+                                 learning_rates=rates)
+    state = tx.init(params)
+    _, new = jax.jit(tx.update)(zeros_like(params), state, params)
+    grad = jax.jit(jax.grad(
+        lambda m, lp, ml: optreg.soft_share_penalty(
+            params, state._replace(means=m, log_precisions=lp, mixing_logits=ml), 1e-2, zero_mixing_prior=(50.0, 2.0))
+        , argnums=(0, 1, 2)))(state.means, state.log_precisions, state.mixing_logits)
+    # Adam's first step is −rate·sign(gradient) (up to its eps); μ_0 is pinned at 0
+    expected_means = state.means - rates[0] * jnp.sign(grad[0])
+    np.testing.assert_allclose(new.means[1:], expected_means[1:], atol=1e-6)
+    assert float(new.means[0]) == 0.0
+    np.testing.assert_allclose(new.log_precisions, state.log_precisions - rates[1] * jnp.sign(grad[1]), atol=1e-6)
+    # logits are stored normalised (log π); compare the implied proportions
+    stepped = state.mixing_logits - rates[2] * jnp.sign(grad[2])
+    np.testing.assert_allclose(jax.nn.softmax(new.mixing_logits), jax.nn.softmax(stepped), rtol=1e-5)
+
+
+def test_fixed_zero_mixing_stays_put_and_others_learn():
+    params = weights_tree()
+    tx = optreg.soft_share_prior(K, 1e-2, zero_mixing=0.95)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for _ in range(20):
+        _, state = step(zeros_like(params), state, params)
+    pi = optreg.mixing_proportions(state)
+    np.testing.assert_allclose(pi[0], 0.95, rtol=1e-5)
+    np.testing.assert_allclose(jnp.sum(pi), 1.0, rtol=1e-5)
+    assert float(state.means[0]) == 0.0
+    assert float(jnp.std(pi[1:])) > 0  # the rest moved apart from their equal start
+
+
+def test_gamma_hyperprior_gives_the_map_precision_instead_of_collapse():
+    """Weights sitting exactly on two well-separated means: without a prior the likelihood wants λ → ∞; with
+    Gamma(α, β) the optimum of −(n/2)·log λ + (1 − α)·log λ + β·λ is λ* = (n/2 + α − 1)/β."""
+    n = 400
+    params = {"w": jnp.concatenate([jnp.zeros(n), jnp.full(n, 0.5)])}
+    alpha, beta = 20.0, 0.05
+
+    def run(prior):
+        tx = optreg.soft_share_prior(2, 1.0, mode="exact", learning_rates=(0.0, 0.05, 0.0), zero_mixing=0.5,
+                                     init_range=(0.5, 0.5 + 1e-6), init_std=0.1,
+                                     precision_prior=prior, zero_precision_prior=prior)
+        state = tx.init(params)
+
+        def body(state, _):
+            return tx.update(zeros_like(params), state, params)[1], None
+
+        return jax.lax.scan(body, state, None, length=800)[0]
+
+    state = run((alpha, beta))
+    np.testing.assert_allclose(state.log_precisions, np.log((n / 2 + alpha - 1) / beta), atol=0.1)
+    collapsed = run(None)
+    assert bool(jnp.all(collapsed.log_precisions > np.log((n / 2 + alpha - 1) / beta) + 2.0))
+    assert bool(jnp.all(jnp.isfinite(collapsed.log_precisions)))
+
+
+def test_statistics_are_global_over_the_tree():
+    rng = np.random.default_rng(0)
+    flat = jnp.asarray(0.1 * rng.standard_normal(3000), jnp.float32)
+    split = {"a": flat[:1000].reshape(20, 50), "b": flat[1000:]}
+    for mode in ("exact", "fast"):
+        tx = optreg.soft_share_prior(K, 1e-2, mode=mode)
+        s_one, s_split = tx.init({"w": flat}), tx.init(split)
+        chex.assert_trees_all_close(s_one, s_split)
+        _, one = jax.jit(tx.update)({"w": flat}, s_one, {"w": flat})
+        _, two = jax.jit(tx.update)(split, s_split, split)
+        chex.assert_trees_all_close(one, two, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the transform contract
+
+
+def test_strength_schedule_is_evaluated_at_the_count():
+    params = weights_tree()
+    schedule = optax.linear_schedule(0.0, 1e-2, 4)
+    tx = optreg.soft_share_prior(K, schedule, mode="exact")
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    unit_step = jax.jit(optreg.soft_share_prior(K, 1.0, mode="exact").update)
+    for k in range(3):
+        unit, _ = unit_step(zeros_like(params), state, params)  # the weight gradient at τ = 1
+        updates, new_state = step(zeros_like(params), state, params)
+        expected = jax.tree.map(lambda g: float(schedule(k)) * g, unit)
+        chex.assert_trees_all_close(updates, expected, atol=1e-9, rtol=1e-5)
+        state = new_state
+    assert int(state.count) == 3
+
+
+def test_jit_vmap_and_inject_hyperparams():
+    params = {"w": jnp.linspace(-0.3, 0.5, 24).reshape(4, 6), "b": jnp.linspace(0.1, -0.2, 5)}
+    tx = optreg.soft_share_prior(K, 1e-2)
+    state = tx.init(params)
+    eager = jax.jit(tx.update)(params, state, params)  # (an eager run takes minutes on a loaded CPU)
+
+    batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), params)
+    vmapped, _ = jax.jit(jax.vmap(tx.update, in_axes=(0, None, 0)))(batch, state, batch)
+    second, _ = jax.jit(tx.update)(jax.tree.map(lambda x: 2 * x, params), state, jax.tree.map(lambda x: 2 * x, params))
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], vmapped), second, atol=1e-5)
+
+    injected = optax.inject_hyperparams(optreg.soft_share_prior, static_args=("num_components", "grid_size"))(
+        num_components=K, strength=1e-2)
+    injected_state = injected.init(params)
+    updates, injected_state = jax.jit(injected.update)(params, injected_state, params)
+    chex.assert_trees_all_close(updates, eager[0], atol=1e-6)
+    injected_state.hyperparams["strength"] = jnp.asarray(0.0)
+    updates, _ = jax.jit(injected.update)(params, injected_state, params)
+    chex.assert_trees_all_close(updates, params)
+
+
+@pytest.mark.parametrize("dtype, modes", [(jnp.bfloat16, ("exact", "fast")), (jnp.float16, ("fast",))])
+def test_dtypes_and_shapes_kept(dtype, modes):
+    params = jax.tree.map(lambda x: x.astype(dtype), weights_tree())
+    for mode in modes:
+        tx = optax.chain(optreg.soft_share_prior(K, 1e-2, mode=mode), optax.sgd(0.1))
+        state = tx.init(params)
+        updates, state = jax.jit(tx.update)(params, state, params)
+        chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((updates, state)))
+
+
+@pytest.mark.parametrize(
+    "mode, case",
+    [("fast", "zeros"), ("fast", "huge"), ("fast", "constant"), ("fast", "mixed_scale"), ("exact", "zeros"),
+     ("exact", "huge")],
+)
+def test_no_nan_for_hostile_weights(mode, case):
+    weights = {
+        "zeros": jnp.zeros((50, 20)),
+        "huge": jnp.concatenate([jnp.full(10, 1e30), jnp.full(10, -3e38), 0.1 * jnp.arange(980.0)]),
+        "constant": jnp.full((100,), 7.0),
+        "mixed_scale": jnp.concatenate([jnp.linspace(-1e-8, 1e-8, 100), jnp.array([1e4])]),
+    }[case]
+    params = {"w": weights.astype(jnp.float32), "b": jnp.zeros(3, jnp.bfloat16)}
+    tx = optreg.soft_share_prior(K, 1e-2, mode=mode)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for _ in range(3):
+        updates, state = step(params, state, params)
+        assert all(bool(jnp.all(~jnp.isnan(leaf))) for leaf in jax.tree.leaves(updates))
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state))
+
+
+def test_orbax_round_trip_continues_identically(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    params = weights_tree()
+    tx = optax.chain(optreg.soft_share_prior(K, 1e-2), optax.adam(1e-2))
+    state = tx.init(params)
+    step = jax.jit(lambda p, s: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(p, s, p)))
+    for _ in range(3):
+        params, state = step(params, state)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "ckpt", state)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+    assert isinstance(restored[0], MixtureState)
+    a_params, a_state = params, state
+    b_params, b_state = params, restored
+    for _ in range(3):
+        a_params, a_state = step(a_params, a_state)
+        b_params, b_state = step(b_params, b_state)
+    chex.assert_trees_all_equal(a_params, b_params)
+    chex.assert_trees_all_equal(a_state, b_state)
+
+
+def test_init_is_deterministic_and_follows_the_recipe():
+    params = weights_tree()
+    tx = optreg.soft_share_prior(K, 1e-2, zero_mixing=0.99)
+    state = tx.init(params)
+    chex.assert_trees_all_equal(state, tx.init(params))
+    leaves = jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(params)])
+    np.testing.assert_allclose(state.means[1:], np.linspace(float(leaves.min()), float(leaves.max()), K - 1),
+                               rtol=1e-5, atol=1e-7)
+    assert float(state.means[0]) == 0.0
+    pi = optreg.mixing_proportions(state)
+    np.testing.assert_allclose(pi[0], 0.99, rtol=1e-6)
+    np.testing.assert_allclose(pi[1:], 0.01 / (K - 1), rtol=1e-4)
+    for field in ("means", "log_precisions", "mixing_logits"):
+        assert getattr(state, field).shape == (K,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"num_components": 1, "strength": 1.0}, ValueError),
+        ({"num_components": 2.5, "strength": 1.0}, TypeError),
+        ({"strength": None}, ValueError),
+        ({"strength": -1.0}, ValueError),
+        ({"strength": 1.0, "zero_mixing": 1.0}, ValueError),
+        ({"strength": 1.0, "mode": "approximate"}, ValueError),
+        ({"strength": 1.0, "precision_prior": (0.5, 1.0)}, ValueError),
+        ({"strength": 1.0, "learning_rates": (1e-3, 1e-3)}, ValueError),
+        ({"strength": 1.0, "init_range": (1.0, -1.0)}, ValueError),
+        ({"strength": 1.0, "grid_size": 4}, ValueError),
+    ],
+)
+def test_bad_arguments_raise_at_construction(kwargs, error):
+    with pytest.raises(error):
+        optreg.soft_share_prior(**kwargs)
+
+
+def test_update_without_params_says_how_to_fix():
+    tx = optreg.soft_share_prior(K, 1.0)
+    params = weights_tree()
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params))
