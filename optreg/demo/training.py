@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -45,8 +46,15 @@ def cross_entropy(model: nn.Module, params: Any, x: jax.Array, y: jax.Array) -> 
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_apply(model: nn.Module) -> Callable[..., Any]:
+    """One compiled ``model.apply`` per (hashable) module: ``jax.jit(model.apply)`` made afresh
+    on every call would trace and compile again each time (~0.4 s per evaluation)."""
+    return jax.jit(model.apply)
+
+
 def accuracy(model: nn.Module, params: Any, x: Any, y: Any) -> float:
-    logits = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
+    logits = _jitted_apply(model)({"params": params}, jnp.asarray(x))
     return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(y)))
 
 
