@@ -51,10 +51,8 @@ def check_hyperparameter(value: Any, name: str) -> None:
         if shape != ():
             raise ValueError(f"{name}: the schedule must return a scalar, got shape {shape}.")
     elif not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
-        raise ValueError(
-            f"{name} must be a scalar (float, 0-d array or schedule), got shape {np.shape(value)}. "
-            "For a different value per parameter use optreg.per_layer_decay."
-        )
+        hint = " For one value per parameter use optreg.per_layer_decay." if name == "weight_decay" else ""
+        raise ValueError(f"{name} must be a scalar (float, 0-d array or schedule), got shape {np.shape(value)}.{hint}")
 
 
 def value_at(value: Hyperparameter, count: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ import optax
 from optreg import _tree
 from optreg._checks import check_exponent, check_positive
 from optreg._elementwise import elementwise_transform
-from optreg._hyper import Hyperparameter
+from optreg._hyper import Hyperparameter, check_hyperparameter
 from optreg._tree import Mask
 
 #: Default floor on |w| when evaluating |w|^(q-1) for q < 1 (see :func:`lq_gradient`).
@@ -32,6 +32,14 @@ DEFAULT_EPS = 1e-8
 def _compute_dtype(dtype: Any) -> Any:
     """Math for half-precision leaves runs in float32; float32/float64 keep their own."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_penalty_strength(value: Any, name: str) -> None:
+    """A penalty's λ: a number or 0-d array >= 0 (a schedule must be evaluated first)."""
+    if callable(value):
+        raise TypeError(f"{name} of a penalty must be a number or 0-d array; evaluate a schedule first: "
+                        f"{name}=schedule(step).")
+    check_hyperparameter(value, name)
 
 
 def lq_penalty(params: Any, q: float = 2.0, weight_decay: Any = 1.0, mask: Mask = None) -> jax.Array:
@@ -54,6 +62,7 @@ def lq_penalty(params: Any, q: float = 2.0, weight_decay: Any = 1.0, mask: Mask 
       Goodfellow, Bengio, Courville, *Deep Learning*, §7.1 (parameter norm penalties), 2016.
     """
     q = check_exponent(q)
+    check_penalty_strength(weight_decay, "weight_decay")
     _tree.check_real(params)
     selected = _tree.resolve_mask(mask, params)
     total = jnp.zeros([], jnp.float32)
@@ -109,6 +118,11 @@ def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEF
         floored = jnp.maximum(magnitude, jnp.asarray(eps, w.dtype))
         power = jax.lax.rsqrt(floored) if q == 0.5 else floored ** (q - 1.0)
     scaled = jnp.where(weight_decay == 0, 0.0, weight_decay * power)
+    if q > 2.0:
+        # |w|^(q−1) overflows before λ < 1 scales it back (bf16 w = 1.8e19, q = 3, λ = 1e-8):
+        # there, use (λ^(1/(q−1))·|w|)^(q−1), which overflows only where the true value does.
+        rescaled = (jnp.asarray(weight_decay, w.dtype) ** (1.0 / (q - 1.0)) * magnitude) ** (q - 1.0)
+        scaled = jnp.where(jnp.isfinite(power), scaled, rescaled)
     if q < 1.0:
         scaled = jnp.minimum(scaled, jnp.finfo(dtype).max)
     return (jnp.sign(w) * scaled).astype(dtype)

@@ -10,7 +10,7 @@ import optax
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
 from optreg._tree import Mask
-from optreg.decay import lq_gradient, lq_penalty
+from optreg.decay import check_penalty_strength, lq_gradient, lq_penalty
 
 
 def elastic_net_penalty(params: Any, l1: Any = 0.0, l2: Any = 0.0, mask: Mask = None) -> jax.Array:
@@ -22,6 +22,8 @@ def elastic_net_penalty(params: Any, l1: Any = 0.0, l2: Any = 0.0, mask: Mask = 
     References:
       Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS-B 2005.
     """
+    check_penalty_strength(l1, "l1")
+    check_penalty_strength(l2, "l2")
     return lq_penalty(params, 1.0, l1, mask) + lq_penalty(params, 2.0, l2, mask)
 
 

@@ -236,6 +236,7 @@ def per_layer_penalty(
     Schedules are evaluated at ``count``.
     """
     q = check_exponent(q)
+    _tree.check_real(params)
     resolved = Rules(weight_decays, mask).resolve(params)
     total = jnp.zeros([], jnp.float32)
     for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):

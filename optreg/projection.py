@@ -6,9 +6,9 @@ the constraint after every step::
 
     tx = optax.chain(optax.adam(lr), optreg.project_lq_ball(radius=10.0, q=2.0))
 
-For q = 2 and ∞ the projection is optax's own (``optax.projections.projection_l2_ball`` /
-``_linf_ball``); q = 1 uses Michelot's threshold iteration, which equals
-``projection_l1_ball`` but needs no sort of the whole tree (so sharded
+For q = ∞ the projection is optax's own ``projection_linf_ball``; q = 2 is the
+rescaling x·r/‖x‖₂ (as ``projection_l2_ball``, computed without overflow);
+q = 1 uses Michelot's threshold iteration, which equals ``projection_l1_ball`` but needs no sort of the whole tree (so sharded
 parameters are never gathered).
 For any other q >= 1 it is found from the optimality condition
 
@@ -136,7 +136,8 @@ def l1_threshold_projection(leaves: list[jax.Array], radius: jax.Array, max_iter
     def step(carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
         theta, _, iteration = carry
         kept, number = above(theta)
-        new_theta = (kept - r) / jnp.maximum(number, 1).astype(theta.dtype)
+        # θ at or above every |x| (only by rounding, when r is below max|x|'s ulp): stop there
+        new_theta = jnp.where(number > 0, (kept - r) / jnp.maximum(number, 1).astype(theta.dtype), theta)
         return new_theta, theta, iteration + 1
 
     def unfinished(carry: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
@@ -151,34 +152,48 @@ def l1_threshold_projection(leaves: list[jax.Array], radius: jax.Array, max_iter
     ]
 
 
-def _optax_projection(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.Array]:
-    r = jnp.asarray(radius).astype(jnp.result_type(*leaves))
-    positive = r > 0
-    safe_r = jnp.where(positive, r, 1.0)
-    if q == 1.0:
-        projected = l1_threshold_projection(leaves, safe_r)
-    elif q == 2.0:
-        projected = optax.projections.projection_l2_ball(leaves, safe_r)
-    else:
-        return list(optax.projections.projection_linf_ball(leaves, r))
-    return [jnp.where(positive, leaf, 0.0) for leaf in projected]
-
-
 @functools.partial(jax.jit, static_argnames="q")
 def _project(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.Array]:
+    """Scale by the largest entry, project, then make sure the result is in the ball.
+
+    Working with y = x / max|x| (so |y| <= 1) keeps every norm finite for any
+    magnitude; a radius below max|x|'s rounding (r/max|x| < eps) projects to 0;
+    a last rescale by min(1, r/‖z‖_q) absorbs the rounding of x − θ when
+    |x| ≫ r, so the output is inside the ball.
+    """
     if not leaves:
         return []
-    if q in (1.0, 2.0, math.inf):
-        return _optax_projection(leaves, radius, q)
-    return bisection_projection(leaves, radius, q)
+    dtype = jnp.result_type(*leaves)
+    r = jnp.asarray(radius).astype(dtype)
+    if q == math.inf:
+        return list(optax.projections.projection_linf_ball(leaves, r))
+    largest = _largest(leaves)
+    scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
+    scaled = [leaf / scale for leaf in leaves]
+    r_scaled = r / scale
+    inside = _power_norm(scaled, q, _largest(scaled)) <= r_scaled
+    negligible = r_scaled < jnp.finfo(dtype).eps
+    safe_r = jnp.where(negligible, 1.0, r_scaled)
+    if q == 1.0:
+        projected = l1_threshold_projection(scaled, safe_r)
+    elif q == 2.0:
+        norm = _power_norm(scaled, 2.0, _largest(scaled))
+        projected = [y * (safe_r / jnp.where(norm > 0, norm, 1.0)) for y in scaled]
+    else:
+        projected = bisection_projection(scaled, safe_r, q)
+    norm = _power_norm(projected, q, _largest(projected))
+    shrink = jnp.where(norm > safe_r, safe_r / jnp.where(norm > 0, norm, 1.0), 1.0)
+    return [
+        jnp.where(inside, leaf, jnp.where(negligible, 0.0, z * shrink * scale)) for leaf, z in zip(leaves, projected)
+    ]
 
 
 def projection_lq_ball(tree: Any, radius: Any, q: float) -> Any:
     """Euclidean projection of a pytree onto {w : Σ|w|^q <= radius^q} (‖w‖_q <= radius).
 
     The norm is taken over all floating leaves together, as optax's
-    projections do; non-floating leaves pass through. For q = 2, ∞ this is
-    ``optax.projections.projection_l2_ball`` / ``projection_linf_ball``; q = 1 is
+    projections do; non-floating leaves pass through. For q = ∞ this is
+    ``optax.projections.projection_linf_ball``, q = 2 the rescaling x·r/‖x‖₂; q = 1 is
     :func:`l1_threshold_projection` (equal to ``projection_l1_ball``, without its
     sort); any other q >= 1 uses bisection on the multiplier of :func:`optreg.prox_lq` (see the module docstring).
     Half-precision leaves are computed in float32 and cast back.
