@@ -8,7 +8,8 @@ the constraint after every step::
 
 For q = ∞ the projection is optax's own ``projection_linf_ball``; q = 2 is the
 rescaling x·r/‖x‖₂ (as ``projection_l2_ball``, computed without overflow);
-q = 1 uses Michelot's threshold iteration, which equals ``projection_l1_ball`` but needs no sort of the whole tree (so sharded
+q = 1 uses Michelot's threshold iteration, which equals ``projection_l1_ball`` but needs
+no sort of the whole tree (so sharded
 parameters are never gathered).
 For any other q >= 1 it is found from the optimality condition
 
