@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/mypy optreg
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)
