@@ -168,6 +168,22 @@ def _project(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.A
     r = jnp.asarray(radius).astype(dtype)
     if q == math.inf:
         return list(optax.projections.projection_linf_ball(leaves, r))
+    if q == 2.0:
+        # P(x) = x·min(1, r/‖x‖₂): one reduction and one scaling pass. Only the scalar norm
+        # takes the overflow-safe route (scaled by max|x|) when the plain sum of squares
+        # over- or underflows.
+        squares = jnp.sum(jnp.stack([jnp.sum(jnp.square(leaf)) for leaf in leaves]))
+        ordinary = jnp.isfinite(squares) & (squares > jnp.finfo(dtype).tiny)
+        norm = jax.lax.cond(
+            ordinary, lambda: jnp.sqrt(squares), lambda: _power_norm(leaves, 2.0, _largest(leaves))
+        )
+        factor = jnp.where(norm > r, r / jnp.where(norm > 0, norm, 1.0), 1.0)
+        return [leaf * factor for leaf in leaves]
+    return _project_scaled(leaves, r, q)
+
+
+def _project_scaled(leaves: list[jax.Array], r: jax.Array, q: float) -> list[jax.Array]:
+    dtype = jnp.result_type(*leaves)
     largest = _largest(leaves)
     scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
     scaled = [leaf / scale for leaf in leaves]
