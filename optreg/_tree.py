@@ -117,3 +117,9 @@ def map_selected(function: Callable[..., Any], selected: list[bool], updates: An
         else:
             out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def has_arrays(params: Any) -> bool:
+    """False for the opaque placeholder ``optax.tree_utils.tree_map_params`` passes to ``init``
+    when deriving optimizer-state shardings; checks that need real leaves are skipped then."""
+    return any(hasattr(leaf, "shape") for leaf in jax.tree.leaves(params))

@@ -151,7 +151,8 @@ def share_within_groups(
 
     def init_fn(params: Any) -> CountState:
         _tree.check_real(params)
-        _resolve_groups(groups, params)
+        if _tree.has_arrays(params):  # not optax's tree_map_params placeholder; checked again in update
+            _resolve_groups(groups, params)
         return _hyper.init_count()
 
     def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:

@@ -197,9 +197,7 @@ def per_layer_decay(
 
     def init_fn(params: Any) -> CountState:
         _tree.check_real(params)
-        if any(hasattr(leaf, "shape") for leaf in jax.tree.leaves(params)):
-            # optax.tree_utils.tree_map_params (deriving optimizer-state shardings) calls init
-            # with one opaque placeholder for the whole tree; the rules are checked in update.
+        if _tree.has_arrays(params):  # the rules are checked again in update
             rules.resolve(params)
         return _hyper.init_count()
 

@@ -58,7 +58,6 @@ KNOWN_ISSUES: dict[tuple[str, str], str] = {
     ("soft_share_prior", "explicit_mesh"): _SOFT_SHARE,
     ("share_within_groups", "no_gather"): _GROUPS,
     ("share_within_groups", "explicit_mesh"): _GROUPS,
-    ("share_within_groups", "tree_map_params"): "optreg/groups.py: init rejects optax's params placeholder",
 }
 
 
