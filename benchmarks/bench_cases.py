@@ -34,12 +34,8 @@ def optimizer_cases(n: int, group: str = "decay and prox", seed: int = 0) -> lis
     """Issue 2 (Lq decay) and issue 4 (prox, projection) rows on one ~``n``-parameter dense tree."""
     shapes = steps.dense_shapes(n)
     size = steps.count_params(shapes)
-    data: dict[str, Any] = {}
 
-    def tree() -> tuple[Any, Any]:
-        if "params" not in data:
-            data["params"], data["grads"] = steps.params_and_grads(shapes, seed)
-        return data["params"], data["grads"]
+    tree = steps.lazy_params_and_grads(shapes, seed)
 
     def chain_case(make_tx: Callable[[], optax.GradientTransformation]) -> Callable[[], Step]:
         return lambda: steps.train_step(make_tx(), *tree())
@@ -123,12 +119,8 @@ def per_layer_cases(
     shapes = steps.transformer_shapes(blocks, d_model, d_mlp, vocab)
     size = steps.count_params(shapes)
     leaves = len(jax.tree.leaves(shapes, is_leaf=steps._is_shape))
-    data: dict[str, Any] = {}
 
-    def tree() -> tuple[Any, Any]:
-        if "params" not in data:
-            data["params"], data["grads"] = steps.params_and_grads(shapes, seed)
-        return data["params"], data["grads"]
+    tree = steps.lazy_params_and_grads(shapes, seed)
 
     def adam() -> optax.GradientTransformation:
         return optax.adam(LEARNING_RATE)

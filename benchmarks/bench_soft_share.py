@@ -88,13 +88,9 @@ def soft_share_cases(
     """Per K: adam + fast, adam + exact, fast alone, exact alone, and ``jax.grad`` of the naive penalty."""
     shapes = steps.dense_shapes(n)
     size = steps.count_params(shapes)
-    data: dict[str, Any] = {}
     strength = STRENGTH_TIMES_N / size
 
-    def tree() -> tuple[Any, Any]:
-        if "params" not in data:
-            data["params"], data["grads"] = steps.params_and_grads(shapes, seed)
-        return data["params"], data["grads"]
+    tree = steps.lazy_params_and_grads(shapes, seed)
 
     def adam() -> optax.GradientTransformation:
         return optax.adam(LEARNING_RATE)

@@ -73,6 +73,18 @@ def params_and_grads(shapes: dict, seed: int = 0) -> tuple[Any, Any]:
     return tree_from_shapes(shapes, seed, 0.05), tree_from_shapes(shapes, seed + 1, 1e-3)
 
 
+def lazy_params_and_grads(shapes: dict, seed: int = 0) -> Callable[[], tuple[Any, Any]]:
+    """A function that builds ``params_and_grads(shapes, seed)`` on first call and then reuses it."""
+    cache: dict[str, tuple[Any, Any]] = {}
+
+    def tree() -> tuple[Any, Any]:
+        if "tree" not in cache:
+            cache["tree"] = params_and_grads(shapes, seed)
+        return cache["tree"]
+
+    return tree
+
+
 def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 

@@ -39,9 +39,10 @@ import jax
 import numpy as np
 from bench_harness import Case, Result, Unavailable, describe_machine, machine_info, run_phase
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from sharded_training import AXIS, fsdp_shardings  # noqa: E402  (one FSDP rule for example and benchmark)
+
 NUM_DEVICES = 8
-AXIS = "fsdp"
-MIN_SHARDED_SIZE = 1024
 LEARNING_RATE = 1e-3
 LAYOUTS = (1, NUM_DEVICES)
 GROUP = "sharding"
@@ -100,22 +101,6 @@ TRANSFORMS: dict[str, tuple[Callable[[Any], Any], bool]] = {
 # ----------------------------------------------------------------------------- the sharded step
 
 
-def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> jax.sharding.PartitionSpec:
-    """Split the largest dimension divisible by ``num_devices``; replicate small or indivisible leaves."""
-    P = jax.sharding.PartitionSpec
-    if int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
-        return P()
-    dims = [d for d, size in enumerate(shape) if size % num_devices == 0]
-    if not dims:
-        return P()
-    split = max(dims, key=lambda d: shape[d])
-    return P(*[AXIS if d == split else None for d in range(len(shape))])
-
-
-def _shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    return jax.tree.map(lambda leaf: jax.sharding.NamedSharding(mesh, fsdp_spec(leaf.shape, mesh.size)), tree)
-
-
 def _model(settings: Settings) -> Any:
     import flax.linen as nn
 
@@ -143,12 +128,12 @@ def build_step(transform: str, num_devices: int, settings: Settings) -> Callable
     x = rng.standard_normal((settings.batch, settings.inputs), dtype=np.float32)
     y = rng.integers(0, settings.classes, settings.batch).astype(np.int32)
     abstract = jax.eval_shape(model.init, jax.random.key(0), x[:1])
-    param_shardings = _shardings(abstract, mesh)
+    param_shardings = fsdp_shardings(abstract, mesh)
     params = jax.jit(model.init, out_shardings=param_shardings)(jax.random.key(0), x[:1])
     extra = make(abstract)
     adam = optax.adam(LEARNING_RATE)
     tx = adam if extra is None else optax.chain(adam, extra) if after_step else optax.chain(extra, adam)
-    state_shardings = _shardings(jax.eval_shape(tx.init, params), mesh)
+    state_shardings = fsdp_shardings(jax.eval_shape(tx.init, params), mesh)
     state = jax.jit(tx.init, out_shardings=state_shardings)(params)
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
