@@ -8,7 +8,7 @@ from optreg._hyper import CountState
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
 from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
 from optreg.elastic_net import add_elastic_net, elastic_net_penalty
-from optreg.groups import group_share_penalty, share_within_groups
+from optreg.groups import GroupState, group_share_penalty, share_within_groups
 from optreg.masks import decay_mask
 from optreg.per_layer import PerLayerDecay, describe, per_layer_decay, per_layer_penalty
 from optreg.projection import project_lq_ball, projection_lq_ball
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionReport",
     "CountState",
+    "GroupState",
     "MixtureState",
     "PerLayerDecay",
     "Quantized",

@@ -123,3 +123,14 @@ def has_arrays(params: Any) -> bool:
     """False for the opaque placeholder ``optax.tree_utils.tree_map_params`` passes to ``init``
     when deriving optimizer-state shardings; checks that need real leaves are skipped then."""
     return any(hasattr(leaf, "shape") for leaf in jax.tree.leaves(params))
+
+
+def sharding_of(x: jax.Array, trailing_axes: int = 0) -> Any:
+    """``x``'s sharding as seen while tracing, with ``trailing_axes`` unsharded axes appended.
+
+    Pass it as ``out_sharding`` to gathers and scatters (``.at[...].get/add``) so
+    their result is laid out like their indices, shard by shard: without it an
+    explicit mesh rejects them and an automatic one may gather the whole array.
+    """
+    sharding = jax.typeof(x).sharding
+    return sharding.update(spec=jax.sharding.PartitionSpec(*sharding.spec, *([None] * trailing_axes)))

@@ -13,7 +13,7 @@ assignments see :func:`optreg.soft_share_prior`.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import optax
 
 from optreg import _hyper, _tree
 from optreg._checks import require_params
-from optreg._hyper import CountState, Hyperparameter
+from optreg._hyper import Hyperparameter
 
 
 def _resolve_groups(groups: Any, params: Any) -> list[Optional[np.ndarray]]:
@@ -62,34 +62,56 @@ def _check_groups(groups: Any) -> int:
     return int(max((array.max() if array.size else -1) for array in labels)) + 1
 
 
-def _group_centres(weights: Sequence[jax.Array], labels: Sequence[np.ndarray], num_groups: int,
-                   shared_values: Optional[jax.Array]) -> jax.Array:
-    if shared_values is not None:
-        return jnp.asarray(shared_values, jnp.float32)
+def _label_dtype(num_groups: int) -> Any:
+    """The smallest signed integer type holding −1..G − 1 (labels live in the state, one per weight)."""
+    for dtype in (jnp.int8, jnp.int16):
+        if num_groups <= jnp.iinfo(dtype).max:
+            return dtype
+    return jnp.int32
+
+
+def _group_sizes(params: Any, labels: Sequence[Optional[np.ndarray]], num_groups: int) -> np.ndarray:
+    """Floating-point weights per group (0..G − 1), counted from the static labels."""
+    sizes = np.zeros([num_groups], np.float32)
+    for leaf, label in zip(jax.tree.leaves(params), labels):
+        if label is not None and _tree.is_floating(leaf):
+            sizes += np.bincount(label[label >= 0].ravel(), minlength=num_groups)[:num_groups]
+    return sizes
+
+
+def _group_centres(weights: Sequence[jax.Array], labels: Sequence[jax.Array], sizes: np.ndarray) -> jax.Array:
+    """Each group's mean weight. Indices keep the weights' shape: a sharded weight is summed shard by shard."""
+    num_groups = sizes.shape[0]
     sums = jnp.zeros([num_groups + 1], jnp.float32)
-    counts = jnp.zeros([num_groups + 1], jnp.float32)
     for w, label in zip(weights, labels):
-        index = jnp.asarray(np.where(label < 0, num_groups, label).ravel())
-        sums = sums.at[index].add(w.astype(jnp.float32).ravel())
-        counts = counts.at[index].add(1.0)
-    return (sums / jnp.maximum(counts, 1.0))[:num_groups]
+        index = jnp.where(label < 0, num_groups, label).astype(jnp.int32)
+        sums = sums.at[index].add(w.astype(jnp.float32), out_sharding=_tree.sharding_of(sums))
+    return sums[:num_groups] / np.maximum(sizes, 1.0)
 
 
-def _pulls(params: Any, groups: Any, num_groups: int, shared_values: Optional[jax.Array]) -> list[Optional[jax.Array]]:
-    """w_i − μ_g(i) for grouped weights (0 for label −1), None for ungrouped leaves."""
-    labels = _resolve_groups(groups, params)
+def _pulls(params: Any, labels: Sequence[Any], sizes: np.ndarray,
+           shared_values: Optional[jax.Array]) -> list[Optional[jax.Array]]:
+    """w_i − μ_g(i) for grouped weights (0 for label −1), None for ungrouped leaves.
+
+    ``labels`` has one entry per leaf of ``params``: an int array of its shape, or None.
+    """
+    num_groups = sizes.shape[0]
     leaves = jax.tree.leaves(params)
     used = [(jnp.asarray(w), label) for w, label in zip(leaves, labels) if label is not None and _tree.is_floating(w)]
-    centres = _group_centres([w for w, _ in used], [label for _, label in used], num_groups, shared_values)
+    if shared_values is None:
+        centres = _group_centres([w for w, _ in used], [jnp.asarray(label) for _, label in used], sizes)
+    else:
+        centres = jnp.asarray(shared_values, jnp.float32)
     padded = jnp.concatenate([centres, jnp.zeros([1], jnp.float32)])
     out: list[Optional[jax.Array]] = []
     for w, label in zip(leaves, labels):
         if label is None or not _tree.is_floating(w):
             out.append(None)
             continue
-        index = np.where(label < 0, num_groups, label)
-        distance = jnp.asarray(w).astype(jnp.float32) - padded[index]
-        out.append(jnp.where(jnp.asarray(label >= 0), distance, 0.0))
+        label = jnp.asarray(label)
+        index = jnp.where(label < 0, num_groups, label).astype(jnp.int32)
+        centre = padded.at[index].get(out_sharding=_tree.sharding_of(index))
+        out.append(jnp.where(label >= 0, jnp.asarray(w).astype(jnp.float32) - centre, 0.0))
     return out
 
 
@@ -116,11 +138,25 @@ def group_share_penalty(params: Any, groups: Any, strength: Any = 1.0, shared_va
     """
     num_groups = _check_groups(groups)
     _check_shared_values(shared_values, num_groups)
+    labels = _resolve_groups(groups, params)
     total = jnp.zeros([], jnp.float32)
-    for pull in _pulls(params, groups, num_groups, shared_values):
+    for pull in _pulls(params, labels, _group_sizes(params, labels, num_groups), shared_values):
         if pull is not None:
             total = total + jnp.sum(pull * pull)
     return jnp.asarray(strength, jnp.float32) * total
+
+
+class GroupState(NamedTuple):
+    """State of :func:`share_within_groups`.
+
+    ``labels`` is the params' tree of group labels (−1 = no group), in the
+    smallest integer type that holds them. Carried in the state rather than
+    baked into the compiled step, it is laid out like the params: under a
+    sharded train step each device holds only its shard's labels.
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
+    labels: Any
 
 
 def share_within_groups(
@@ -140,7 +176,10 @@ def share_within_groups(
         current mean (gradient identical to fixing μ_g at that mean).
 
     Returns:
-      An ``optax.GradientTransformation`` with a ``CountState``; ``update`` requires ``params``.
+      An ``optax.GradientTransformation`` whose state is a :class:`GroupState`
+      (the step count and the labels, one small int per weight, shaped like the
+      params, so ``optax.tree_utils.tree_map_params`` and FSDP rules shard them
+      like the params); ``update`` requires ``params``.
 
     References:
       Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
@@ -148,22 +187,33 @@ def share_within_groups(
     _hyper.check_hyperparameter(strength, "strength")
     num_groups = _check_groups(groups)
     _check_shared_values(shared_values, num_groups)
+    dtype = _label_dtype(num_groups)
 
-    def init_fn(params: Any) -> CountState:
+    def init_fn(params: Any) -> GroupState:
         _tree.check_real(params)
-        if _tree.has_arrays(params):  # not optax's tree_map_params placeholder; checked again in update
-            _resolve_groups(groups, params)
-        return _hyper.init_count()
+        if not _tree.has_arrays(params):  # optax's tree_map_params placeholder: the labels mirror the params
+            return GroupState(_hyper.init_count().count, params)
+        labels = _resolve_groups(groups, params)
+        treedef = jax.tree_util.tree_structure(params)
+        state_labels = [
+            jnp.full(jnp.shape(leaf), -1, dtype) if label is None else jnp.asarray(label, dtype)
+            for leaf, label in zip(jax.tree.leaves(params), labels)
+        ]
+        return GroupState(_hyper.init_count().count, jax.tree_util.tree_unflatten(treedef, state_labels))
 
-    def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:
+    def update_fn(updates: Any, state: GroupState, params: Optional[Any] = None) -> tuple[Any, GroupState]:
         params = require_params(params, "share_within_groups")
+        static = _resolve_groups(groups, params)
+        traced = _tree.flatten_like(jax.tree_util.tree_structure(params), state.labels, "the state's labels")
+        labels = [None if label is None else leaf for label, leaf in zip(static, traced)]
         lam = _hyper.value_at(strength, state.count)
-        pulls = _pulls(params, groups, num_groups, shared_values)
+        pulls = _pulls(params, labels, _group_sizes(params, static, num_groups), shared_values)
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         out = [
             u if pull is None else (u + (2.0 * lam * pull).astype(u.dtype)).astype(u.dtype)
             for u, pull in zip(leaves, pulls)
         ]
-        return jax.tree_util.tree_unflatten(treedef, out), _hyper.next_count(state)
+        next_state = GroupState(optax.safe_int32_increment(state.count), state.labels)
+        return jax.tree_util.tree_unflatten(treedef, out), next_state
 
     return optax.GradientTransformation(init_fn, update_fn)

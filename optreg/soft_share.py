@@ -274,15 +274,20 @@ def _cell(w: jax.Array, grid: _Grid) -> tuple[jax.Array, jax.Array]:
 
 
 def _interpolate(table: jax.Array, cell: jax.Array, s: jax.Array) -> jax.Array:
-    c = table[cell]  # one gather of a 4-vector per weight
+    # One gather of a 4-vector per weight, laid out like the weights (no gather across shards).
+    c = table.at[cell].get(out_sharding=_tree.sharding_of(cell, trailing_axes=1))
     return jnp.clip(c[..., 0] + s * (c[..., 1] + s * (c[..., 2] + s * c[..., 3])), -_MAX, _MAX)
 
 
 def _histogram(cells: Sequence[tuple[jax.Array, jax.Array]], size: int) -> jax.Array:
-    """Counts of the weights at their nearest grid point (they sum to N): one scatter-add per leaf."""
+    """Counts of the weights at their nearest grid point (they sum to N): one scatter-add per leaf.
+
+    The indices keep the weights' shape (no reshape of a sharded array): each
+    device counts its own shard and one all-reduce of ``size`` numbers sums them.
+    """
     counts = jnp.zeros([size], jnp.int32)
     for cell, s in cells:
-        counts = counts.at[(cell + (s > 0.5)).ravel()].add(1)
+        counts = counts.at[cell + (s > 0.5)].add(1, out_sharding=_tree.sharding_of(counts))
     return counts.astype(jnp.float32)
 
 

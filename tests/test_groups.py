@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -101,3 +103,21 @@ def test_groups_that_do_not_fit_the_params_raise_at_init():
         tx.init({"w": jnp.zeros(4)})
     with pytest.raises(ValueError, match="structure"):
         tx.init({"v": jnp.zeros(3)})
+
+
+def test_labels_live_in_the_state_shaped_like_the_params():
+    """The labels are state (sharded like the params), not constants baked into the compiled step."""
+    params = {"a": jnp.zeros((3, 2)), "b": jnp.zeros(4), "c": jnp.zeros(2)}
+    groups = {"a": np.array([[0, 1], [1, 0], [-1, 2]]), "b": np.full(4, 2), "c": None}
+    state = optreg.share_within_groups(0.1, groups).init(params)
+    assert isinstance(state, optreg.GroupState)
+    chex.assert_trees_all_equal_shapes(state.labels, params)
+    assert all(leaf.dtype == jnp.int8 for leaf in jax.tree.leaves(state.labels))  # G = 3 fits int8
+    np.testing.assert_array_equal(state.labels["a"], groups["a"])
+    np.testing.assert_array_equal(state.labels["c"], [-1, -1])  # ungrouped: −1
+    many = optreg.share_within_groups(0.1, {"w": np.arange(300)}).init({"w": jnp.zeros(300)})
+    assert many.labels["w"].dtype == jnp.int16
+    tx = optreg.share_within_groups(0.1, {"w": np.arange(4096) % 7})
+    w = {"w": jnp.ones(4096)}
+    hlo = jax.jit(tx.update).lower(w, tx.init(w), w).compile().as_text()
+    assert not re.search(r"\[4096(,1)?\]\S* constant\(", hlo), "labels were baked into the program"

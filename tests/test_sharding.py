@@ -46,19 +46,10 @@ def _load_checks() -> Any:
 checks = _load_checks()
 CASES = checks.cases()
 
-_SOFT_SHARE = (
-    "optreg/soft_share.py: _histogram ravels a sharded array (all-gather of a dim-1-sharded kernel) and "
-    "_interpolate/_histogram index without out_sharding (explicit meshes reject it)"
-)
-_GROUPS = "optreg/groups.py: labels are baked into the program as full-size constants; _group_centres ravels"
 #: (case, check) -> why it fails today. Marked xfail(strict=True): once fixed it
-#: XPASSes, the test fails, and the entry must be removed.
-KNOWN_ISSUES: dict[tuple[str, str], str] = {
-    ("soft_share_prior", "no_gather"): _SOFT_SHARE,
-    ("soft_share_prior", "explicit_mesh"): _SOFT_SHARE,
-    ("share_within_groups", "no_gather"): _GROUPS,
-    ("share_within_groups", "explicit_mesh"): _GROUPS,
-}
+#: XPASSes, the test fails, and the entry must be removed. (Empty: the soft-sharing
+#: and group-label gaps it once held are fixed.)
+KNOWN_ISSUES: dict[tuple[str, str], str] = {}
 
 
 def _environment() -> dict[str, str]:
