@@ -34,6 +34,34 @@ def _compute_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+#: Bit pattern whose difference with half a float32's bits approximates 1/√x (Lomont 2003).
+_RSQRT_MAGIC = 0x5F3759DF
+
+
+def reciprocal_sqrt(x: jax.Array) -> jax.Array:
+    """1/√x for x > 0, from multiplies and adds only when x is float32.
+
+    XLA counts ``sqrt``/``rsqrt`` as expensive and will not duplicate them into
+    several consumer loops. In ``chain(add_decayed_weights_q(λ, 1.5), adam)``
+    both of Adam's moment loops read the decayed gradient, so with ``jnp.sqrt``
+    √|w| got a loop of its own and was written to memory and read back (64
+    instead of 48 bytes/param, 1.46x optax's decay + Adam on CPU). Built from
+    a bit-level first guess and three Newton steps it fuses like q = 2 does
+    (48 bytes/param, 1.16x). Relative error <= 1.5e-7 over all normal float32
+    (``jax.lax.rsqrt``: 6e-8); other dtypes use ``jax.lax.rsqrt``.
+
+    References:
+      Lomont, "Fast inverse square root", Purdue University technical report, 2003.
+    """
+    if x.dtype != jnp.float32:
+        return jax.lax.rsqrt(x)
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    y = jax.lax.bitcast_convert_type(jnp.int32(_RSQRT_MAGIC) - jnp.right_shift(bits, 1), jnp.float32)
+    for _ in range(3):
+        y = y * (1.5 - 0.5 * ((x * y) * y))  # (x·y)·y: 0.5·x would flush to 0 for x near the smallest normal
+    return y
+
+
 def check_penalty_strength(value: Any, name: str) -> None:
     """A penalty's λ: a number or 0-d array >= 0 (a schedule must be evaluated first)."""
     if callable(value):
@@ -107,7 +135,7 @@ def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEF
         return (weight_decay * jnp.sign(w)).astype(dtype)
     magnitude = jnp.abs(w)
     if q == 1.5:
-        power = jnp.sqrt(magnitude)
+        power = jnp.where(magnitude > 0, magnitude * reciprocal_sqrt(magnitude), 0.0)
     elif q == 3.0:
         power = magnitude * magnitude
     elif q == 4.0:
@@ -116,7 +144,7 @@ def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEF
         power = magnitude ** (q - 1.0)
     else:
         floored = jnp.maximum(magnitude, jnp.asarray(eps, w.dtype))
-        power = jax.lax.rsqrt(floored) if q == 0.5 else floored ** (q - 1.0)
+        power = reciprocal_sqrt(floored) if q == 0.5 else floored ** (q - 1.0)
     scaled = jnp.where(weight_decay == 0, 0.0, weight_decay * power)
     if q > 2.0:
         # |w|^(q−1) overflows before λ < 1 scales it back (bf16 w = 1.8e19, q = 3, λ = 1e-8):

@@ -242,3 +242,17 @@ def test_penalty_value_closed_form():
     np.testing.assert_allclose(optreg.lq_penalty(params, 2.0, 0.5), 0.5 / 2 * 26.0, rtol=1e-6)
     np.testing.assert_allclose(optreg.lq_penalty(params, 1.0, 2.0), 2.0 * 8.0, rtol=1e-6)
     np.testing.assert_allclose(optreg.lq_penalty(params, 3.0, 1.0, mask={"a": False, "b": True}), 1 / 3, rtol=1e-6)
+
+
+def test_reciprocal_sqrt_is_accurate_over_all_normal_float32():
+    """The fusible 1/√x behind q = 1.5 and q = 0.5, against float64 NumPy from the smallest normal to the largest."""
+    from optreg.decay import reciprocal_sqrt
+
+    info = np.finfo(np.float32)
+    x = np.concatenate([np.geomspace(info.tiny, info.max, 200_001, dtype=np.float64).astype(np.float32),
+                        [info.tiny, info.max, 1.0, 4.0]])
+    got = np.asarray(jax.jit(reciprocal_sqrt)(jnp.asarray(x)), np.float64)
+    want = 1.0 / np.sqrt(x.astype(np.float64))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=0)
+    assert reciprocal_sqrt(jnp.asarray(4.0, jnp.float16)).dtype == jnp.float16  # other dtypes: lax.rsqrt
