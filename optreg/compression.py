@@ -8,28 +8,37 @@ responsible to the zero component become exact zeros.
 The accounting (Han, Mao & Dally 2016, as used by Ullrich et al. 2017)
 ----------------------------------------------------------------------
 Every quantised leaf ("layer") is read in row-major order (``ravel``) and
-stored as a sparse stream of *entries*: one entry per nonzero weight, holding
+stored as one sparse stream of *entries*: one entry per nonzero weight, holding
 
 * a **relative index**: the gap to the previous entry, in ``gap_bits`` bits
   (5 for dense / fully connected layers, i.e. leaves with ndim <= 2; 8 for
   convolution kernels, ndim >= 3). A gap d >= 1 (the first entry counts from
-  position −1) up to 2^b fits; a longer gap is bridged with ⌈d / 2^b⌉ − 1
-  *filler zeros*, extra entries whose value is 0;
+  position −1) up to 2^b fits (stored as d − 1); a longer gap is bridged with
+  ⌈d / 2^b⌉ − 1 *filler zeros*, extra entries whose value is 0, each 2^b
+  positions after the previous entry;
 * a **codebook index**: which of the layer's distinct values the entry holds
-  (the filler value 0 is one of them when fillers exist). Fixed-length codes
-  cost ⌈log2 C⌉ bits each (at least 1), C = number of distinct entry values;
-  the Huffman variant costs the optimal prefix code's length for the layer's
-  entry-value frequencies (Han et al. Huffman-code the indices too; gaps are
-  kept at fixed length here, so the Huffman figure is conservative).
+  (the filler value 0 is one of them when fillers exist), in ⌈log2 C⌉ bits
+  (at least 1), C = number of distinct entry values.
 
 Each layer also stores its **codebook**: 32 bits per distinct nonzero value
 (0 is implicit). Leaves left out by ``mask`` (and non-floating leaves) are
-stored dense at 32 bits per entry. Row pointers are not needed for a single
-relative-index stream and are not counted. The compression rate is
+stored dense at 32 bits per entry; biases are leaves like any other. A leaf
+with no nonzero entry costs 0 bits: its stream is empty. The compression rate is
 
     rate = 32 · |W| / bits,
 
 |W| the number of entries of all floating leaves (masked ones included).
+
+This is the count of Han et al.'s Table 2 (bits per stored weight = index bits
++ weight bits, plus the codebook), with the filler entries counted too. The
+stream is decodable as it is — given the layer's shape, entry count and
+codebook size (per-layer metadata, not counted, as in Han et al.) the gaps
+give every position — so no CSR row pointers are needed or counted.
+
+The **Huffman variant** (``bits_huffman``, Han et al.'s "P+Q+H") codes both the
+gaps and the codebook indices of each layer with the optimal prefix code for
+that layer's frequencies (the code tables themselves are not counted); the
+headline ``compression_rate`` is the fixed-length count.
 
 References:
   Han, Mao & Dally, "Deep compression: compressing deep neural networks with pruning, trained
@@ -52,8 +61,8 @@ from optreg import _tree
 from optreg._tree import Mask
 from optreg.soft_share import MixtureState
 
-#: Merge two components when their symmetrised KL divergence is below this.
-DEFAULT_KL_THRESHOLD = 1e-2
+#: Merge two components when their KL separation (see :func:`merge_components`) is below this.
+DEFAULT_KL_THRESHOLD = 0.5
 
 
 class Quantized(NamedTuple):
@@ -115,7 +124,7 @@ class CompressionReport(NamedTuple):
         )
         rows.append(
             f"compression rate {self.compression_rate:.1f}x (fixed-length indices), "
-            f"{self.compression_rate_huffman:.1f}x (Huffman-coded indices)"
+            f"{self.compression_rate_huffman:.1f}x (Huffman-coded gaps and indices)"
         )
         return "\n".join(rows)
 
@@ -123,26 +132,37 @@ class CompressionReport(NamedTuple):
 # ----------------------------------------------------------------------------- merging (Ullrich Alg. 1)
 
 
-def _symmetric_kl(mean_a: float, var_a: float, mean_b: float, var_b: float) -> float:
-    """½[KL(a‖b) + KL(b‖a)] between two univariate Gaussians."""
-    square = (mean_a - mean_b) ** 2
-    return 0.25 * ((var_a + square) / var_b + (var_b + square) / var_a) - 0.5
+def _separation(mean_a: float, var_a: float, mean_b: float, var_b: float) -> float:
+    """KL(N(μ_a, v) ‖ N(μ_b, v)) = (μ_a − μ_b)² / (2v) at the narrower width v = min(σ_a², σ_b²).
+
+    How far apart two components are *as quantisation levels*: the distance
+    between their means in units of the narrower one's standard deviation. (The
+    full KL between the two Gaussians also counts a difference in width, so two
+    components with the same mean but different variances — the near-duplicates
+    a short retraining leaves — would never merge.) Symmetric in a and b.
+    """
+    return (mean_a - mean_b) ** 2 / (2.0 * min(var_a, var_b))
 
 
 def merge_components(
     state: MixtureState, kl_threshold: float = DEFAULT_KL_THRESHOLD
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merges the closest pair of components while their symmetrised KL is below ``kl_threshold``.
+    """Merges the closest pair of components while their KL separation is below ``kl_threshold``.
 
-    A merged component gets π = π_a + π_b, the π-weighted mean and variance of
-    the pair; a merge with the zero component keeps μ = 0 and index 0.
+    The separation of components a and b is KL(N(μ_a, v) ‖ N(μ_b, v)) =
+    (μ_a − μ_b)² / (2v) with v = min(σ_a², σ_b²): with the default 0.5, means
+    closer than the narrower component's σ are one quantisation level. A merged
+    component gets π = π_a + π_b and the π-weighted mean and variance of the
+    pair; a merge with the zero component keeps μ = 0 and index 0. The closest
+    pair is merged first, and the distances are recomputed after every merge.
 
     Returns:
       (means, variances, proportions) of the merged mixture as float64 numpy
       arrays; index 0 is the zero component.
 
     References:
-      Ullrich, Meeds & Welling, ICLR 2017, Algorithm 1.
+      Ullrich, Meeds & Welling, ICLR 2017, Algorithm 1 and §6.2 (merge components
+      whose KL divergence is below a threshold, then quantise).
     """
     if not (isinstance(kl_threshold, (int, float)) and kl_threshold >= 0 and math.isfinite(kl_threshold)):
         raise ValueError(f"kl_threshold must be a finite number >= 0, got kl_threshold={kl_threshold!r}.")
@@ -155,7 +175,7 @@ def merge_components(
         best, pair = math.inf, (0, 0)
         for a in range(len(means)):
             for b in range(a + 1, len(means)):
-                divergence = _symmetric_kl(means[a], variances[a], means[b], variances[b])
+                divergence = _separation(means[a], variances[a], means[b], variances[b])
                 if divergence < best:
                     best, pair = divergence, (a, b)
         if not best < kl_threshold:
@@ -170,12 +190,27 @@ def merge_components(
     return np.array(means), np.array(variances), np.array(proportions)
 
 
-@jax.jit
-def _snap(w: jax.Array, means: jax.Array, log_precisions: jax.Array, log_mixing: jax.Array) -> jax.Array:
-    x = w.astype(jnp.promote_types(w.dtype, jnp.float32))
-    precisions = jnp.exp(log_precisions)
-    score = log_mixing + 0.5 * log_precisions - 0.5 * jnp.minimum(precisions * (x[..., None] - means) ** 2, 1e30)
-    return means[jnp.argmax(score, axis=-1)].astype(w.dtype)
+#: Weights snapped per numpy call (bounds the host memory of the (chunk, K) score array).
+_SNAP_CHUNK = 1 << 16
+
+
+def _snap(leaf: Any, means: np.ndarray, log_precisions: np.ndarray, log_mixing: np.ndarray) -> Any:
+    """Each weight -> the mean of its most responsible component, on the host (no compilation per leaf shape).
+
+    A jax.Array keeps its sharding; the values are the float32 ``means`` cast to the leaf's dtype.
+    """
+    host = np.asarray(jax.device_get(leaf))
+    x = host.astype(np.float64).ravel()
+    precisions = np.exp(log_precisions)
+    offset = log_mixing + 0.5 * log_precisions
+    index = np.empty(x.size, np.int64)
+    for start in range(0, x.size, _SNAP_CHUNK):
+        distance = x[start:start + _SNAP_CHUNK, None] - means
+        index[start:start + _SNAP_CHUNK] = np.argmax(
+            offset - 0.5 * np.minimum(precisions * distance * distance, 1e300), axis=1
+        )
+    snapped = means[index].reshape(host.shape).astype(host.dtype)
+    return jax.device_put(snapped, leaf.sharding) if isinstance(leaf, jax.Array) else jnp.asarray(snapped)
 
 
 def quantize(
@@ -190,7 +225,7 @@ def quantize(
     Args:
       params: the trained pytree.
       state: the :class:`MixtureState` learned with :func:`optreg.soft_share_prior`.
-      kl_threshold: merge components whose symmetrised KL divergence is below this.
+      kl_threshold: merge components whose KL separation is below this (:func:`merge_components`).
       mask: the same optax-style mask as the transform's.
 
     Returns:
@@ -200,19 +235,23 @@ def quantize(
       Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017, §6.2, Alg. 1.
     """
     means, variances, proportions = merge_components(state, kl_threshold)
-    means32 = jnp.asarray(means, jnp.float32)
-    log_precisions = jnp.asarray(-np.log(variances), jnp.float32)
-    log_mixing = jnp.asarray(np.log(np.maximum(proportions, 1e-300)), jnp.float32)
+    # the merged mixture in float32, and the same numbers in float64 for the snapping
+    means32 = means.astype(np.float32)
+    log_precisions32 = (-np.log(variances)).astype(np.float32)
+    log_mixing32 = np.log(np.maximum(proportions, 1e-300)).astype(np.float32)
     selected = _tree.resolve_mask(mask, params)
     leaves, treedef = jax.tree_util.tree_flatten(params)
+    snap = [means32.astype(np.float64), log_precisions32.astype(np.float64), log_mixing32.astype(np.float64)]
     out = [
-        _snap(jnp.asarray(leaf), means32, log_precisions, log_mixing) if keep and _tree.is_floating(leaf) else leaf
+        _snap(leaf, *snap) if keep and _tree.is_floating(leaf) else leaf
         for leaf, keep in zip(leaves, selected)
     ]
+    normalised = log_mixing32.astype(np.float64) - np.logaddexp.reduce(log_mixing32.astype(np.float64))
     merged = MixtureState(
-        jnp.asarray(state.count), means32, log_precisions, log_mixing - jax.nn.logsumexp(log_mixing), None
+        jnp.asarray(state.count), jnp.asarray(means32), jnp.asarray(log_precisions32),
+        jnp.asarray(normalised, jnp.float32), None,
     )
-    return Quantized(jax.tree_util.tree_unflatten(treedef, out), np.asarray(means, np.float32), merged)
+    return Quantized(jax.tree_util.tree_unflatten(treedef, out), means32, merged)
 
 
 # ----------------------------------------------------------------------------- the storage count
@@ -247,8 +286,10 @@ def _layer_report(path: str, leaf: np.ndarray, quantized: bool, dense_gap_bits: 
         bits = 32 * size
         return LayerReport(path, size, nonzero, nonzero / max(size, 1), distinct, False, 0, 0, 32, bits, bits)
     gap_bits = conv_gap_bits if np.ndim(leaf) >= 3 else dense_gap_bits
-    gaps = np.diff(positions, prepend=-1)
-    fillers = int(np.sum(-(-gaps // (2**gap_bits)) - 1)) if nonzero else 0
+    span = 2**gap_bits
+    gaps = np.diff(positions, prepend=-1)  # >= 1
+    fillers_before = -(-gaps // span) - 1  # filler zeros bridging each gap
+    fillers = int(np.sum(fillers_before))
     entries = nonzero + fillers
     _, value_counts = np.unique(flat[positions], return_counts=True)
     symbol_counts = np.concatenate([value_counts, [fillers]]) if fillers else value_counts
@@ -256,7 +297,10 @@ def _layer_report(path: str, leaf: np.ndarray, quantized: bool, dense_gap_bits: 
     index_bits = max(1, math.ceil(math.log2(symbols))) if symbols else 0
     codebook = codebook_bits * distinct_nonzero.size
     bits = entries * (gap_bits + index_bits) + codebook
-    bits_huffman = entries * gap_bits + huffman_bits(symbol_counts) + codebook
+    # Huffman variant: the stored gaps (every filler's is 2^b, a nonzero's the remainder) and the indices
+    stored_gaps = np.concatenate([gaps - fillers_before * span, np.full([fillers], span)])
+    gap_counts = np.unique(stored_gaps, return_counts=True)[1] if entries else np.zeros([0], np.int64)
+    bits_huffman = huffman_bits(gap_counts) + huffman_bits(symbol_counts) + codebook
     return LayerReport(
         path, size, nonzero, nonzero / max(size, 1), distinct, True, gap_bits, fillers, index_bits, bits, bits_huffman
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from scipy import integrate
 from scipy.stats import norm
 
 import optreg
-from optreg.compression import _symmetric_kl, huffman_bits, merge_components
+from optreg.compression import _separation, huffman_bits, merge_components
 from optreg.soft_share import MixtureState
 
 
@@ -27,14 +28,16 @@ def mixture_state(means, stds, proportions) -> MixtureState:
     )
 
 
-def test_symmetric_kl_matches_numerical_integration():
-    for (ma, sa, mb, sb) in [(0.0, 1.0, 0.5, 2.0), (0.1, 0.02, 0.12, 0.03)]:
-        def kl(m1, s1, m2, s2):
-            f = lambda x: norm.pdf(x, m1, s1) * (norm.logpdf(x, m1, s1) - norm.logpdf(x, m2, s2))  # noqa: E731
-            return integrate.quad(f, m1 - 12 * s1, m1 + 12 * s1)[0]
+def test_separation_is_the_kl_between_the_means_at_the_narrower_width():
+    def kl(m1, s1, m2, s2):
+        f = lambda x: norm.pdf(x, m1, s1) * (norm.logpdf(x, m1, s1) - norm.logpdf(x, m2, s2))  # noqa: E731
+        return integrate.quad(f, m1 - 12 * s1, m1 + 12 * s1)[0]
 
-        expected = 0.5 * (kl(ma, sa, mb, sb) + kl(mb, sb, ma, sa))
-        assert math.isclose(_symmetric_kl(ma, sa**2, mb, sb**2), expected, rel_tol=1e-6)
+    for (ma, sa, mb, sb) in [(0.0, 1.0, 0.5, 2.0), (0.1, 0.02, 0.12, 0.03), (0.246, 0.0159, 0.2462, 0.0069)]:
+        narrow = min(sa, sb)
+        expected = kl(ma, narrow, mb, narrow)
+        assert math.isclose(_separation(ma, sa**2, mb, sb**2), expected, rel_tol=1e-6, abs_tol=1e-12)
+        assert _separation(ma, sa**2, mb, sb**2) == _separation(mb, sb**2, ma, sa**2)
 
 
 def test_merging_joins_close_components_only():
@@ -49,6 +52,21 @@ def test_merging_joins_close_components_only():
     assert len(means) == 3 and means[0] == 0.0  # the zero component absorbed 0.002 and kept μ = 0
     np.testing.assert_allclose(proportions[0], 0.91, rtol=1e-5)
     assert len(merge_components(state, kl_threshold=0.0)[0]) == 5
+
+
+def test_merging_joins_near_duplicate_means_of_different_widths():
+    # what a short retraining leaves: three components on ~0.246 whose widths differ (their full KL divergence
+    # is ~0.4-0.9, far above any "same component" threshold), next to distinct levels
+    means = [0.0, 0.2460, 0.2458, 0.2462, 0.35, -0.2146]
+    stds = [0.002, 0.0159, 0.0127, 0.0069, 0.017, 0.0164]
+    pis = [0.99, 0.003, 0.002, 0.003, 0.001, 0.001]
+    merged, variances, proportions = merge_components(mixture_state(means, stds, pis))
+    assert len(merged) == 4
+    np.testing.assert_allclose(sorted(merged), sorted([0.0, (0.003 * 0.2460 + 0.002 * 0.2458 + 0.003 * 0.2462) / 0.008,
+                                                       0.35, -0.2146]), rtol=1e-5)
+    np.testing.assert_allclose(proportions.sum(), 1.0)
+    # 0.35 is 6 narrow σ's away from 0.246: kept apart even at a generous threshold
+    assert len(merge_components(mixture_state(means, stds, pis), kl_threshold=10.0)[0]) == 4
 
 
 def test_quantize_snaps_to_the_most_responsible_mean_and_zeros_exactly():
@@ -91,23 +109,99 @@ def test_report_counts_bits_as_han_et_al():
     # gaps (from position −1): 1, 5, 45, 49; 5-bit gaps reach 32 → 45 and 49 need one filler each
     entries, symbols = 6, 4  # a, b, c and the filler zero → 2-bit fixed indices
     fixed = entries * (5 + 2) + 3 * 32
-    huffman = entries * 5 + 12 + 3 * 32  # counts (a: 2, fill: 2, b: 1, c: 1) → code lengths 2, 2, 2, 2
+    # Huffman: stored gaps 1, 5, 13, 17 (the nonzeros) and 32, 32 (the fillers): counts (2, 1, 1, 1, 1) → 14 bits;
+    # values (a: 2, fill: 2, b: 1, c: 1) → code lengths 2, 2, 2, 2 → 12 bits
+    huffman = 14 + 12 + 3 * 32
     conv = np.zeros((3, 3, 2, 2), np.float32)
     conv.ravel()[[3, 30]] = [a, a]  # gaps 4, 27 ≤ 256: no fillers; one symbol → 1-bit index; 8-bit gaps
     conv_bits = 2 * (8 + 1) + 32
-    params = {"dense": jnp.asarray(dense), "conv": jnp.asarray(conv), "bias": jnp.ones(10)}
-    report = optreg.compression_report(params, mask={"dense": True, "conv": True, "bias": False})
+    conv_huffman = 2 + 2 + 32  # two distinct gaps (1 bit each), one value (1 bit each)
+    params = {"dense": jnp.asarray(dense), "conv": jnp.asarray(conv), "bias": jnp.ones(10), "zeros": jnp.zeros(50)}
+    report = optreg.compression_report(params, mask={"dense": True, "conv": True, "bias": False, "zeros": True})
     by_path = {layer.path: layer for layer in report.layers}
     assert by_path["dense"].fillers == 2 and by_path["dense"].index_bits == 2 and symbols == 4
     assert by_path["dense"].bits == fixed and by_path["dense"].bits_huffman == huffman
     assert by_path["conv"].bits == conv_bits and by_path["conv"].gap_bits == 8
+    assert by_path["conv"].bits_huffman == conv_huffman
     assert by_path["bias"].bits == 32 * 10
+    assert by_path["zeros"].bits == 0  # an empty stream
     assert report.bits == fixed + conv_bits + 320
-    assert report.size == 100 + 36 + 10 and report.nonzero == 4 + 2 + 10
-    assert math.isclose(report.compression_rate, 32 * 146 / report.bits)
-    assert math.isclose(report.compression_rate_huffman, 32 * 146 / report.bits_huffman)
+    assert report.size == 100 + 36 + 10 + 50 and report.nonzero == 4 + 2 + 10
+    assert math.isclose(report.compression_rate, 32 * 196 / report.bits)
+    assert math.isclose(report.compression_rate_huffman, 32 * 196 / report.bits_huffman)
     assert report.distinct_values == 4  # 0, a, b, c over the quantised leaves
     assert "compression rate" in report.table()
+
+
+# ----------------------------------------------------------------------------- a real encoder, from the description
+
+
+def han_encode(leaf: np.ndarray, gap_bits: int = 5) -> tuple[str, dict]:
+    """Writes one quantised layer as Han et al. describe it and returns (bit string, metadata).
+
+    Row-major positions; each nonzero is an entry (gap − 1 in ``gap_bits`` bits, then its index into the
+    sorted symbol table); a gap longer than 2^b is bridged by filler entries (gap 2^b, value 0); the
+    codebook stores every distinct nonzero value as its 32-bit IEEE pattern.
+    """
+    flat = np.asarray(leaf, np.float32).ravel()
+    span = 2**gap_bits
+    entries, previous = [], -1
+    for position in np.flatnonzero(flat):
+        gap = int(position) - previous
+        while gap > span:
+            entries.append((span, 0.0))
+            gap -= span
+        entries.append((gap, float(flat[position])))
+        previous = int(position)
+    codebook = sorted({value for _, value in entries if value != 0.0})
+    table = sorted({value for _, value in entries})
+    index_bits = max(1, math.ceil(math.log2(len(table)))) if table else 0
+    bits = "".join(format(struct.unpack(">I", struct.pack(">f", v))[0], "032b") for v in codebook)
+    bits += "".join(format(gap - 1, f"0{gap_bits}b") + format(table.index(value), f"0{index_bits}b")
+                    for gap, value in entries)
+    meta = {"shape": np.shape(leaf), "entries": len(entries), "codebook": len(codebook),
+            "zero_symbol": 0.0 in table, "gap_bits": gap_bits, "index_bits": index_bits}
+    return bits, meta
+
+
+def han_decode(bits: str, meta: dict) -> np.ndarray:
+    codebook = [struct.unpack(">f", struct.pack(">I", int(bits[32 * k: 32 * k + 32], 2)))[0]
+                for k in range(meta["codebook"])]
+    table = sorted(codebook + ([0.0] if meta["zero_symbol"] else []))
+    out = np.zeros(int(np.prod(meta["shape"])), np.float32)
+    cursor, position = 32 * meta["codebook"], -1
+    width = meta["gap_bits"] + meta["index_bits"]
+    for _ in range(meta["entries"]):
+        gap = int(bits[cursor: cursor + meta["gap_bits"]], 2) + 1
+        index = int(bits[cursor + meta["gap_bits"]: cursor + width], 2) if meta["index_bits"] else 0
+        position += gap
+        out[position] = table[index]
+        cursor += width
+    assert cursor == len(bits)
+    return out.reshape(meta["shape"])
+
+
+def test_report_equals_the_length_of_a_real_encoding_that_decodes_back():
+    rng = np.random.default_rng(3)
+    levels = np.float32([-0.61, -0.2, 0.13, 0.4, 0.9])
+    params = {
+        "sparse": np.where(rng.random((300, 100)) < 0.01, rng.choice(levels, (300, 100)), 0.0).astype(np.float32),
+        "dense": np.where(rng.random((64, 30)) < 0.4, rng.choice(levels[:2], (64, 30)), 0.0).astype(np.float32),
+        "one_value": np.where(rng.random(500) < 0.2, levels[3], 0.0).astype(np.float32),
+        "empty": np.zeros(40, np.float32),
+        "conv": np.where(rng.random((5, 5, 4, 8)) < 0.02, rng.choice(levels, (5, 5, 4, 8)), 0.0).astype(np.float32),
+    }
+    report = optreg.compression_report(jax.tree.map(jnp.asarray, params))
+    by_path = {layer.path: layer for layer in report.layers}
+    total = 0
+    for name, leaf in params.items():
+        bits, meta = han_encode(leaf, gap_bits=8 if leaf.ndim >= 3 else 5)
+        np.testing.assert_array_equal(han_decode(bits, meta), leaf)
+        assert by_path[name].bits == len(bits), name
+        total += len(bits)
+    assert by_path["sparse"].fillers > 0 and by_path["empty"].bits == 0
+    assert report.bits == total
+    assert math.isclose(report.compression_rate, 32 * sum(leaf.size for leaf in params.values()) / total)
 
 
 def test_report_from_state_quantizes_first():

@@ -99,3 +99,9 @@ def test_out_must_be_a_directory(tmp_path):
     blocker.write_text("")
     with pytest.raises(SystemExit, match="is not a directory"):
         main(["demo", "--quick", "--out", str(blocker)])
+
+
+def test_quick_demo_retrains_soft_sharing_as_long_as_the_pipeline_quick_setting():
+    from optreg.demo import command, soft_share
+
+    assert command.QUICK_SHARE_EPOCHS == soft_share.QUICK_EPOCHS

@@ -1,17 +1,22 @@
-"""The soft weight-sharing pipeline on digits (quick setting): retrain, quantise, count bits."""
+"""The soft weight-sharing pipeline on digits (quick setting): retrain, quantise, prune dead units, count bits."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy.stats import norm
 
 pytest.importorskip("flax")
 pytest.importorskip("sklearn")
 
+from test_compression import han_decode, han_encode  # noqa: E402
+
+import optreg  # noqa: E402
 from optreg.demo.data import load_digits_split  # noqa: E402
-from optreg.demo.soft_share import run_soft_share  # noqa: E402
+from optreg.demo.soft_share import prune_dead_units, run_soft_share  # noqa: E402
 from optreg.demo.training import train  # noqa: E402
 
 
@@ -24,23 +29,96 @@ def result():
     return out, epochs
 
 
+def leaves(params) -> list[np.ndarray]:
+    return [np.asarray(leaf, np.float32) for leaf in jax.tree.leaves(params)]
+
+
+def forward(params, x: np.ndarray) -> np.ndarray:
+    """The ReLU MLP's logits, written out in numpy (float64)."""
+    layers = [params[f"Dense_{i}"] for i in range(len(params))]
+    for index, layer in enumerate(layers):
+        x = x @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+        x = np.maximum(x, 0.0) if index < len(layers) - 1 else x
+    return x
+
+
 def test_quick_pipeline_compresses_and_stays_accurate(result):
     out, epochs = result
     assert epochs == list(range(len(epochs))) and epochs
     # honest lower bounds for the quick setting (the full default run is reported in the README)
-    assert out.report.compression_rate > 20.0
-    assert out.quantized_accuracy > 0.85
     assert out.baseline_accuracy > 0.9
-    assert out.report.nonzero_fraction < 0.2
+    assert out.quantized_accuracy > 0.85
+    assert out.report.compression_rate > 30.0
+    assert out.report.nonzero_fraction < 0.1
+    # pruning dead units only removes weights
+    assert out.report.bits <= out.report_unpruned.bits and out.report.nonzero <= out.report_unpruned.nonzero
 
 
-def test_quantized_values_are_the_codebook(result):
+def test_quantized_values_are_the_merged_means_of_the_most_responsible_component(result):
     out, _ = result
-    values = np.unique(np.concatenate([np.asarray(leaf).ravel() for leaf in jax.tree.leaves(out.quantized.params)]))
+    values = np.unique(np.concatenate([leaf.ravel() for leaf in leaves(out.quantized.params)]))
     assert set(values.tolist()) <= set(out.quantized.codebook.tolist())
     assert 0.0 in values
     assert out.report.distinct_values == values.size
-    np.testing.assert_array_equal(out.weights_quantized, np.concatenate(
-        [np.asarray(leaf).ravel() for leaf in jax.tree.leaves(out.quantized.params)]))
+    # brute force with scipy: argmax_j π_j N(w | μ_j, σ_j²) under the merged mixture, for every weight
+    mixture = out.quantized.mixture
+    means = np.asarray(mixture.means, np.float64)
+    stds = np.exp(-0.5 * np.asarray(mixture.log_precisions, np.float64))
+    log_pi = np.asarray(jax.nn.log_softmax(mixture.mixing_logits), np.float64)
+    trained = np.concatenate([leaf.ravel() for leaf in leaves(out.params)]).astype(np.float64)
+    expected = means[np.argmax(log_pi + norm.logpdf(trained[:, None], means, stds), axis=1)].astype(np.float32)
+    # the stored network is that, with the dead units' weights set to 0
+    stored = np.concatenate([leaf.ravel() for leaf in leaves(out.quantized.params)])
+    kept = stored != 0
+    np.testing.assert_array_equal(stored[kept], expected[kept])
+    assert np.count_nonzero(expected) >= np.count_nonzero(stored)
+    np.testing.assert_array_equal(out.weights_quantized, stored)
     assert out.weights_before.shape == out.weights_after.shape == out.weights_quantized.shape
-    assert out.state.means.shape == out.initial_state.means.shape == (17,)
+    assert out.state.means.shape == out.initial_state.means.shape
+
+
+def test_rate_is_the_length_of_a_real_han_encoding(result):
+    out, _ = result
+    params = leaves(out.quantized.params)
+    paths = [layer.path for layer in out.report.layers]
+    total = 0
+    for path, leaf, layer in zip(paths, params, out.report.layers):
+        bits, meta = han_encode(leaf, gap_bits=5)  # every leaf of the MLP is dense (ndim <= 2)
+        np.testing.assert_array_equal(han_decode(bits, meta), leaf)
+        assert layer.bits == len(bits), path
+        total += len(bits)
+    size = sum(leaf.size for leaf in params)
+    assert size == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10  # biases are counted
+    assert out.report.bits == total
+    np.testing.assert_allclose(out.report.compression_rate, 32 * size / total)
+
+
+def test_pruning_dead_units_keeps_the_function(result):
+    out, _ = result
+    unpruned = optreg.quantize(out.params, out.state).params
+    pruned = out.quantized.params
+    for before, after in zip(leaves(unpruned), leaves(pruned)):  # only zeros were added
+        np.testing.assert_array_equal(after[after != 0], before[after != 0])
+    assert optreg.compression_report(unpruned).bits == out.report_unpruned.bits
+    x = np.random.default_rng(0).uniform(-1.0, 2.0, (256, 64))  # also off the data
+    np.testing.assert_array_equal(forward(pruned, x), forward(unpruned, x))
+    data = load_digits_split(0)
+    correct = np.mean(np.argmax(forward(pruned, data.x_test), 1) == data.y_test)
+    assert out.quantized_accuracy == pytest.approx(correct, abs=1e-6)
+
+
+def test_prune_dead_units_on_a_small_network():
+    k0 = np.array([[1.0, 0.0, 0.0, 2.0], [1.0, 0.0, 0.0, 0.0]], np.float32)  # 2 inputs -> 4 units
+    b0 = np.array([0.0, -0.5, 0.5, 0.0], np.float32)
+    k1 = np.array([[1.0], [3.0], [4.0], [0.0]], np.float32)  # 4 units -> 1 output
+    params = {"Dense_0": {"kernel": jnp.asarray(k0), "bias": jnp.asarray(b0)},
+              "Dense_1": {"kernel": jnp.asarray(k1), "bias": jnp.zeros(1)}}
+    pruned = prune_dead_units(params)
+    # unit 1: no input and bias < 0 -> always 0; unit 2: no input but relu(0.5) > 0 -> kept; unit 3: output unused
+    np.testing.assert_array_equal(pruned["Dense_0"]["kernel"], [[1, 0, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(pruned["Dense_0"]["bias"], [0, 0, 0.5, 0])
+    np.testing.assert_array_equal(pruned["Dense_1"]["kernel"], [[1], [0], [4], [0]])
+    x = np.random.default_rng(1).normal(size=(64, 2))
+    np.testing.assert_array_equal(forward(pruned, x), forward(params, x))
+    with pytest.raises(ValueError, match="Dense_0"):
+        prune_dead_units({"layer": {"kernel": k0}})

@@ -11,7 +11,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax.numpy as jnp
 import numpy as np
 
-DESCRIPTION = "retrain baseline with chain(soft_share_prior(17, τ/N warm-up), adam), quantize, compression_report"
+DESCRIPTION = ("retrain baseline with chain(soft_share_prior(8, τ/N warm-up), adam), quantize, prune dead units, "
+               "compression_report")
 
 
 class Outcome(NamedTuple):
@@ -60,11 +61,16 @@ def hyperparameters() -> dict[str, Any]:
     import inspect
 
     defaults = inspect.signature(pipeline.run_soft_share).parameters
+    options = {name: (list(value) if isinstance(value, tuple) else value)
+               for name, value in pipeline.DEFAULT_PRIOR_OPTIONS.items()}
     return {
-        "num_components": 17,
+        "num_components": defaults["num_components"].default,
         "tau": defaults["tau"].default,
         "learning_rate": defaults["learning_rate"].default,
         "strength": "tau / N_train, linear warm-up over the first 20% of the steps",
+        **options,
+        "kl_threshold": defaults["kl_threshold"].default,
+        "dead_units_pruned": defaults["prune"].default,
     }
 
 
@@ -122,7 +128,7 @@ def plot(outcome: Outcome, path: Path) -> None:
         right.axhline(float(value), color="gray", linewidth=0.5)
     right.set_xlabel("baseline weight")
     right.set_ylabel("weight after soft sharing")
-    right.set_title(f"{len(result.quantized.codebook)} shared values, {outcome.compression_rate:.1f}x compression")
+    right.set_title(f"{result.report.distinct_values} distinct values, {outcome.compression_rate:.1f}x compression")
     right.legend(fontsize=8, markerscale=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
