@@ -364,7 +364,7 @@ def _group_shrink(x: jax.Array, scale: Any, axis: Axis) -> jax.Array:
     compute = _compute_dtype(dtype)
     values = x.astype(compute)
     s = jnp.maximum(jnp.asarray(scale).astype(compute), 0.0)
-    largest = jnp.max(jnp.abs(values), axis=axis, keepdims=True)
+    largest = jnp.max(jnp.abs(values), axis=axis, keepdims=True, initial=0.0)  # initial: empty groups are fine
     safe_largest = jnp.where(largest > 0, largest, 1.0)
     norm = largest * jnp.sqrt(jnp.sum(jnp.square(values / safe_largest), axis=axis, keepdims=True))
     safe_norm = jnp.where(norm > 0, norm, 1.0)

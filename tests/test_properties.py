@@ -345,7 +345,6 @@ def test_prox_never_grows_and_never_flips_a_sign(data, dtype, q, s):
         assert np.all(np.sign(z64) * np.sign(w64) >= 0), context
 
 
-@pytest.mark.xfail(strict=True, reason="prox_group_lasso: jnp.max over an empty leaf raises (reported, issue 4)")
 def test_prox_group_lasso_takes_empty_leaves():
     prox_group_lasso = optional("prox", "prox_group_lasso")
     if prox_group_lasso is None:
