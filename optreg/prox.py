@@ -244,13 +244,17 @@ def _magnitude(a: jax.Array, s: jax.Array, q: float) -> jax.Array:
     return _newton_root(a, s, q)
 
 
+def _in_compute_dtype(x: jax.Array, *scales: Any) -> tuple[jax.Array, ...]:
+    """x and each scale (clamped at 0) in x's compute dtype (float32 for half precision)."""
+    compute = _compute_dtype(x.dtype)
+    return (x.astype(compute), *(jnp.maximum(jnp.asarray(scale).astype(compute), 0.0) for scale in scales))
+
+
 @functools.partial(jax.jit, static_argnames="q")
 def prox_lq_unchecked(x: jax.Array, scale: Any, q: float) -> jax.Array:
     """:func:`prox_lq` without argument checks, for callers that checked already (transforms)."""
     dtype = x.dtype
-    compute = _compute_dtype(dtype)
-    values = x.astype(compute)
-    s = jnp.maximum(jnp.asarray(scale).astype(compute), 0.0)
+    values, s = _in_compute_dtype(x, scale)
     magnitude = jnp.abs(values)
     t = jnp.clip(_magnitude(magnitude, s, q), 0.0, magnitude)
     return (jnp.sign(values) * t).astype(dtype)
@@ -323,10 +327,7 @@ def tree_prox_lq(tree: Any, scale: Any, q: float) -> Any:
 def prox_elastic_net_unchecked(x: jax.Array, l1_scale: Any, l2_scale: Any) -> jax.Array:
     """:func:`prox_elastic_net` without argument checks."""
     dtype = x.dtype
-    compute = _compute_dtype(dtype)
-    values = x.astype(compute)
-    l1 = jnp.maximum(jnp.asarray(l1_scale).astype(compute), 0.0)
-    l2 = jnp.maximum(jnp.asarray(l2_scale).astype(compute), 0.0)
+    values, l1, l2 = _in_compute_dtype(x, l1_scale, l2_scale)
     magnitude = jnp.maximum(jnp.abs(values) - l1, 0.0) / (1.0 + l2)
     return (jnp.sign(values) * magnitude).astype(dtype)
 
@@ -361,9 +362,7 @@ def prox_elastic_net(x: Any, l1_scale: Any, l2_scale: Any) -> jax.Array:
 @functools.partial(jax.jit, static_argnames="axis")
 def _group_shrink(x: jax.Array, scale: Any, axis: Axis) -> jax.Array:
     dtype = x.dtype
-    compute = _compute_dtype(dtype)
-    values = x.astype(compute)
-    s = jnp.maximum(jnp.asarray(scale).astype(compute), 0.0)
+    values, s = _in_compute_dtype(x, scale)
     largest = jnp.max(jnp.abs(values), axis=axis, keepdims=True, initial=0.0)  # initial: empty groups are fine
     safe_largest = jnp.where(largest > 0, largest, 1.0)
     norm = largest * jnp.sqrt(jnp.sum(jnp.square(values / safe_largest), axis=axis, keepdims=True))

@@ -252,52 +252,60 @@ def _grid_over(weights: Sequence[jax.Array], size: int) -> _Grid:
     return _Grid(low, width / (size - 1), size)
 
 
-class _GridStatistics(NamedTuple):
-    """What one pass over the (G, K) responsibilities of the grid points gives the fast path."""
+class _GridTerms(NamedTuple):
+    """The mixture evaluated at the grid points x_g: what the table and the mixture's gradient share."""
 
-    table: jax.Array  # (G − 1, 4) cubic Hermite coefficients of g on each cell
-    data_gradient: MixtureParams  # ∂/∂(μ, log λ, log π) of Σ_g c_g·(−log p(x_g)); the last is w.r.t. log π
+    responsibility: jax.Array  # (G, K) r_j(x_g)
+    precisions: jax.Array  # (K,) λ_j
+    distance: jax.Array  # (G, K) x_g − μ_j
+    pull: jax.Array  # (G, K) a_j = λ_j (x_g − μ_j)
 
 
-def _grid_statistics(grid: _Grid, counts: Optional[jax.Array], mixture: MixtureParams,
-                     log_mixing: jax.Array) -> _GridStatistics:
-    """The Hermite table of g and the mixture's data gradient from the histogram, in closed form.
-
-    With ℓ_j(x) = log π_j + log N(x | μ_j, 1/λ_j), r = softmax(ℓ) and a_j = λ_j (x − μ_j):
-
-        g   = Σ_j r_j a_j,
-        g'  = Σ_j r_j λ_j − Σ_j r_j (a_j − g)²          (dr_j/dx = r_j (g − a_j); the variance form
-                                                          has no cancellation),
-        ∂(−log p)/∂μ_j = −r_j a_j,  ∂(−log p)/∂log λ_j = −r_j (1 − a_j (x − μ_j)) / 2,
-        ∂(−log p)/∂log π_j = −r_j,
-
-    summed over the grid points x_g with the histogram's counts c_g. One (G, K) softmax serves
-    all of them (autodiff of the same expressions costs about 4x as much: forward and tangent
-    for the table, forward and backward for the gradient).
-    """
+def _grid_terms(grid: _Grid, mixture: MixtureParams, log_mixing: jax.Array) -> _GridTerms:
     points = grid.low + grid.step * jnp.arange(grid.size, dtype=jnp.float32)
-    responsibility = jax.nn.softmax(_log_joint(points, mixture, log_mixing), axis=-1)
     precisions = jnp.exp(mixture.log_precisions)
     distance = points[:, None] - mixture.means
-    pull = jnp.clip(precisions * distance, -_MAX, _MAX)
-    value = jnp.clip(jnp.sum(responsibility * pull, axis=-1), -_MAX, _MAX)
-    spread = jnp.minimum(jnp.square(pull - value[:, None]), _MAX)
-    slope = jnp.sum(responsibility * precisions, axis=-1) - jnp.sum(responsibility * spread, axis=-1)
-    slope = jnp.clip(slope * grid.step, -_MAX, _MAX)
+    return _GridTerms(
+        responsibility=jax.nn.softmax(_log_joint(points, mixture, log_mixing), axis=-1),
+        precisions=precisions,
+        distance=distance,
+        pull=jnp.clip(precisions * distance, -_MAX, _MAX),
+    )
+
+
+def _hermite_table(terms: _GridTerms, step: jax.Array) -> jax.Array:
+    """Cubic Hermite coefficients of g on each grid cell, shape (G − 1, 4), in closed form.
+
+    With r = softmax(ℓ), ℓ_j(x) = log π_j + log N(x | μ_j, 1/λ_j) and a_j = λ_j (x − μ_j):
+    g = Σ_j r_j a_j and, since dr_j/dx = r_j (g − a_j), g' = Σ_j r_j λ_j − Σ_j r_j (a_j − g)²
+    (the variance form, which does not cancel). On cell k with s ∈ [0, 1]:
+    g ≈ c0 + s·(c1 + s·(c2 + s·c3)), matching g and g' at both ends. (Autodiff of the same
+    expressions, forward and tangent, cost 2.4 ms instead of a fraction of that at G = 4096, K = 17.)
+    """
+    r = terms.responsibility
+    value = jnp.clip(jnp.sum(r * terms.pull, axis=-1), -_MAX, _MAX)
+    spread = jnp.minimum(jnp.square(terms.pull - value[:, None]), _MAX)
+    slope = jnp.sum(r * terms.precisions, axis=-1) - jnp.sum(r * spread, axis=-1)
+    slope = jnp.clip(slope * step, -_MAX, _MAX)
     g0, g1, d0, d1 = value[:-1], value[1:], slope[:-1], slope[1:]
     table = jnp.stack([g0, d0, 3.0 * (g1 - g0) - 2.0 * d0 - d1, 2.0 * (g0 - g1) + d0 + d1], axis=-1)
     # |c_i| <= max/4 keeps Horner's rule for s in [0, 1] finite (only astronomically wide grids get there).
-    table = jnp.clip(table, -_MAX / 4, _MAX / 4)
-    if counts is None:
-        zero = jnp.zeros_like(mixture.means)
-        return _GridStatistics(table, MixtureParams(zero, zero, zero))
-    weighted = counts[:, None] * responsibility
-    inside = precisions * distance * distance < _BIG  # where ℓ_j was capped its derivatives are 0
-    return _GridStatistics(table, MixtureParams(
-        means=-jnp.sum(jnp.where(inside, weighted * pull, 0.0), axis=0),
-        log_precisions=-0.5 * jnp.sum(jnp.where(inside, weighted * (1.0 - pull * distance), weighted), axis=0),
+    return jnp.clip(table, -_MAX / 4, _MAX / 4)
+
+
+def _data_gradient(terms: _GridTerms, counts: jax.Array) -> MixtureParams:
+    """∂/∂(μ, log λ, log π) of Σ_g c_g·(−log p(x_g)) in closed form (the last field is w.r.t. log π):
+
+        ∂(−log p)/∂μ_j = −r_j a_j,  ∂(−log p)/∂log λ_j = −r_j (1 − a_j (x − μ_j)) / 2,  ∂(−log p)/∂log π_j = −r_j.
+    """
+    weighted = counts[:, None] * terms.responsibility
+    inside = terms.precisions * terms.distance * terms.distance < _BIG  # where ℓ_j was capped its derivatives are 0
+    return MixtureParams(
+        means=-jnp.sum(jnp.where(inside, weighted * terms.pull, 0.0), axis=0),
+        log_precisions=-0.5 * jnp.sum(jnp.where(inside, weighted * (1.0 - terms.pull * terms.distance), weighted),
+                                      axis=0),
         mixing_logits=-jnp.sum(weighted, axis=0),
-    ))
+    )
 
 
 def _cell(w: jax.Array, grid: _Grid) -> tuple[jax.Array, jax.Array]:
@@ -556,9 +564,10 @@ def soft_share_prior(
             counts = _histogram(cells, grid_size)
             # The weights' table uses the state's π; the mixture's gradient the π its update
             # parameterises (the same after every update; they differ only in a hand-made state).
-            data_log_mixing = log_mixing if learn_zero_mixing else learned_log_mixing(mixture)
-            table = _grid_statistics(grid, None, mixture, log_mixing).table
-            data = jax.lax.stop_gradient(_grid_statistics(grid, counts, mixture, data_log_mixing).data_gradient)
+            terms = _grid_terms(grid, mixture, log_mixing)
+            data_terms = terms if learn_zero_mixing else _grid_terms(grid, mixture, learned_log_mixing(mixture))
+            data = jax.lax.stop_gradient(_data_gradient(data_terms, counts))
+            table = _hermite_table(terms, grid.step)
             gradients = [_interpolate(table, cell, s) for cell, s in cells]
 
             def data_nll(m: MixtureParams, lm: jax.Array) -> jax.Array:

@@ -98,24 +98,20 @@ ROW_NAMES = ("baseline", "l2", "adamw", "l1_prox", "lq_prox", "per_layer", "soft
 # ---------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= ``minimum``."""
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return parse
 
 
 def _row_list(text: str) -> list[str]:
@@ -167,7 +163,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=_int_at_least(1),
         default=None,
         metavar="N",
         help=f"epochs per row (default {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)",
@@ -177,7 +173,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="directory for results.json and the PNG figures (default ./optreg-demo; created if missing)",
     )
     parser.add_argument(
-        "--seed", type=_nonnegative_int, default=0, metavar="S",
+        "--seed", type=_int_at_least(0), default=0, metavar="S",
         help="seed of the train/test split, the initialisation and the shuffling (default 0)",
     )
     parser.add_argument(
@@ -187,7 +183,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--share-epochs",
-        type=_positive_int,
+        type=_int_at_least(1),
         default=None,
         metavar="N",
         help="soft_share retraining epochs, after the baseline (default: the pipeline's own, "
