@@ -153,6 +153,74 @@ def l1_threshold_projection(leaves: list[jax.Array], radius: jax.Array, max_iter
     ]
 
 
+def _l2_shrink(leaves: list[jax.Array], r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Factors (a, b, c) with P(x) = ((x·a)·b)·c = x·min(1, r/‖x‖₂) over all leaves, for every finite x.
+
+    r/‖x‖ itself may be subnormal (flushed to zero on CPU, and so is a
+    division by max|x| ≈ 3e38, which XLA turns into a multiplication by the
+    reciprocal): a and b are exact powers of two, each normal, and c is r/‖x‖
+    times their inverse, so only the last multiplication rounds.
+
+    The plain sum of squares (one fused pass, nothing written) serves whenever
+    it neither overflows nor drops below the smallest normal number; only
+    then does the branch take :func:`_scaled_squares`. Its pass writes no
+    parameter-sized temporary either: on CPU a temporary of a few MB is
+    fresh memory every step, and its page faults once cost more than the
+    projection itself (2.3x Adam instead of 1.5x at 4M parameters).
+    """
+    squares = reduce(jnp.add, [jnp.sum(jnp.square(leaf)) for leaf in leaves])
+    ordinary = jnp.isfinite(squares) & (squares > jnp.finfo(squares.dtype).tiny)
+    one = jnp.ones_like(squares)
+    scale, root = jax.lax.cond(
+        ordinary, lambda _: (one, jnp.sqrt(squares)), lambda ls: _combine_all([_scaled_squares(x) for x in ls]), leaves
+    )
+    inside = root * scale <= r
+    mantissa, exponent = jnp.frexp(jnp.where(inside, 1.0, scale))  # scale = mantissa·2^exponent
+    half = exponent // 2
+    a, b = jnp.ldexp(one, -half), jnp.ldexp(one, half - exponent)
+    return a, b, jnp.where(inside, 1.0 / (a * b), r / (jnp.where(root > 0, root, 1.0) * mantissa))
+
+
+def _combine(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(s, t) pairs standing for s·√t: the larger scale is kept, the other sum rescaled to it."""
+    scale = jnp.maximum(a[0], b[0])
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return scale, a[1] * jnp.square(a[0] / safe) + b[1] * jnp.square(b[0] / safe)
+
+
+def _combine_all(pairs: list[tuple[jax.Array, jax.Array]]) -> tuple[jax.Array, jax.Array]:
+    scale, total = reduce(_combine, pairs)
+    return scale, jnp.sqrt(total)
+
+
+@jax.custom_jvp
+def _scaled_squares(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(s, t) with Σx² = s²·t, s = max|x|, in one pass that can neither overflow nor underflow.
+
+    Every entry starts as the pair (|x|, 1) and pairs merge by
+    :func:`_combine`, the scaling of LAPACK's ``xNRM2``, in one variadic
+    reduction: no scaled copy of ``x`` is written (a multiplication by a
+    traced scale before a sum is not fused by XLA:CPU). Its JVP treats s as
+    locally constant (dt = 2·Σ (x/s)·(dx/s)), so ``jax.grad`` passes through.
+
+    References:
+      Blue, "A portable Fortran program to find the Euclidean norm of a vector", ACM TOMS 4(1), 1978.
+    """
+    magnitude = jnp.abs(x)
+    zero = jnp.zeros((), x.dtype)
+    return jax.lax.reduce(
+        (magnitude, jnp.ones_like(magnitude)), (zero, zero), _combine, tuple(range(x.ndim))
+    )
+
+
+@_scaled_squares.defjvp
+def _scaled_squares_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[Any, Any]:
+    (x,), (dx,) = primals, tangents
+    scale, total = _scaled_squares(x)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return (scale, total), (jnp.zeros_like(scale), 2.0 * jnp.sum((x / safe) * (dx / safe)))
+
+
 @functools.partial(jax.jit, static_argnames="q")
 def _project(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.Array]:
     """Scale by the largest entry, project, then make sure the result is in the ball.
@@ -169,16 +237,9 @@ def _project(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.A
     if q == math.inf:
         return list(optax.projections.projection_linf_ball(leaves, r))
     if q == 2.0:
-        # P(x) = x·min(1, r/‖x‖₂): one reduction and one scaling pass. Only the scalar norm
-        # takes the overflow-safe route (scaled by max|x|) when the plain sum of squares
-        # over- or underflows.
-        squares = jnp.sum(jnp.stack([jnp.sum(jnp.square(leaf)) for leaf in leaves]))
-        ordinary = jnp.isfinite(squares) & (squares > jnp.finfo(dtype).tiny)
-        norm = jax.lax.cond(
-            ordinary, lambda: jnp.sqrt(squares), lambda: _power_norm(leaves, 2.0, _largest(leaves))
-        )
-        factor = jnp.where(norm > r, r / jnp.where(norm > 0, norm, 1.0), 1.0)
-        return [leaf * factor for leaf in leaves]
+        # P(x) = x·min(1, r/‖x‖₂): one reduction and one scaling pass.
+        factors = _l2_shrink(leaves, r)
+        return [reduce(jnp.multiply, factors, leaf) for leaf in leaves]
     return _project_scaled(leaves, r, q)
 
 

@@ -28,9 +28,11 @@ comparing trajectories). Checks:
   state leaf that mirrors a parameter (same path suffix and shape) has that
   parameter's sharding and per-device shard shape; no large state leaf is
   replicated.
-* ``no_gather``: the compiled sharded update has no all-gather, all-to-all,
+* ``no_gather``: the compiled sharded update has no all-to-all,
   reduce-scatter or collective-permute, only all-reduces smaller than any
-  sharded parameter, no parameter-sized constants (they would sit whole on
+  sharded parameter and all-gathers of one scalar per device (the partial
+  results of a reduction XLA has no all-reduce for, e.g. the variadic
+  overflow-safe norm of ``project_lq_ball``), no parameter-sized constants (they would sit whole on
   every device), and its per-device arguments + outputs are < 1/4 of the
   single-device update's (1/8 plus the replicated biases is expected).
   Temporaries are reported, not asserted: a global norm legitimately keeps a
@@ -478,6 +480,16 @@ COLLECTIVE = re.compile(
 SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
 
 
+def _partial_results(op: str, elements: int, smallest: int) -> bool:
+    """A collective that only combines per-device partial results, never parameter-sized data."""
+    return (op == "all-reduce" and elements < smallest) or (op == "all-gather" and elements <= NUM_DEVICES)
+
+
+def _describe(found: list[tuple[str, int]]) -> str:
+    ops = sorted({op for op, _ in found})
+    return ", ".join(f"{op} of {sorted(n for o, n in found if o == op)} elements" for op in ops) or "none"
+
+
 def collectives(hlo: str) -> list[tuple[str, int]]:
     """``(op, elements in its result)`` for every collective in compiled HLO text (tuples summed)."""
     found = []
@@ -627,7 +639,7 @@ class Runner:
         smallest = min(leaf.size for leaf in jax.tree.leaves(self.data[0]) if AXIS in fsdp_spec(leaf.shape))
         hlo = self.compiled.as_text()
         found = collectives(hlo)
-        bad = [f"{op} of {n} elements" for op, n in found if op != "all-reduce" or n >= smallest]
+        bad = [f"{op} of {n} elements" for op, n in found if not _partial_results(op, n, smallest)]
         bad += [f"constant {c} (full size on every device)" for c in large_constants(hlo, smallest)]
         assert not bad, f"the sharded update moves or copies parameter-sized data: {bad}"
         (io, temp), (io_single, temp_single) = memory(self.compiled), memory(self.single[1])
@@ -636,7 +648,7 @@ class Runner:
             f"single-device update's {io_single} (expected about 1/{NUM_DEVICES})"
         )
         return (
-            f"collectives: all-reduce of {sorted(n for _, n in found)} elements and nothing else; per device: "
+            f"collectives: {_describe(found)} and nothing else; per device: "
             f"arguments+outputs {io} vs {io_single} bytes on one device ({io / io_single:.3f}), "
             f"temporaries {temp} vs {temp_single}"
         )
