@@ -89,6 +89,7 @@ class Result:
     floor_ratio: float = float("nan")
     passed: Optional[bool] = None
     xla_bytes_per_param: float = float("nan")
+    xla_temp_bytes_per_param: float = float("nan")
     xla_flops_per_param: float = float("nan")
     xla_transcendentals_per_param: float = float("nan")
 
@@ -164,6 +165,7 @@ def run_phase(
             cost = getattr(step, "cost", None) or {}
             if case.n_params:
                 result.xla_bytes_per_param = cost.get("bytes accessed", float("nan")) / case.n_params
+                result.xla_temp_bytes_per_param = cost.get("temp bytes", float("nan")) / case.n_params
                 result.xla_flops_per_param = cost.get("flops", float("nan")) / case.n_params
                 result.xla_transcendentals_per_param = cost.get("transcendentals", float("nan")) / case.n_params
         except (Unavailable, ImportError, AttributeError) as error:
@@ -318,12 +320,13 @@ def _format_verdict(result: Result) -> str:
 def markdown_table(results: list[Result]) -> str:
     """One markdown table for a group of results."""
     lines = [
-        "| case | N | median | ratio (IQR) | vs baseline | x floor | XLA bytes/param | target | verdict |",
-        "|---|---:|---:|---:|---|---:|---:|---|---|",
+        "| case | N | median | ratio (IQR) | vs baseline | x floor | XLA bytes/param | temp bytes/param "
+        "| target | verdict |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for r in results:
         if r.status != "ok":
-            lines.append(f"| {r.name} | {r.n_params:,} | - | - | {r.baseline or ''} | - | - | "
+            lines.append(f"| {r.name} | {r.n_params:,} | - | - | {r.baseline or ''} | - | - | - | "
                          f"{_format_target(r)} | {r.status}: {r.reason} |")
             continue
         if math.isfinite(r.ratio):
@@ -334,9 +337,10 @@ def markdown_table(results: list[Result]) -> str:
             ratio = "-"
         floor = f"{r.floor_ratio:.2f}" if math.isfinite(r.floor_ratio) else "-"
         traffic = f"{r.xla_bytes_per_param:.0f}" if math.isfinite(r.xla_bytes_per_param) else "-"
+        temp = f"{r.xla_temp_bytes_per_param:.1f}" if math.isfinite(r.xla_temp_bytes_per_param) else "-"
         lines.append(
             f"| {r.name} | {r.n_params:,} | {format_seconds(r.median_s)} | {ratio} | {r.baseline or ''} | "
-            f"{floor} | {traffic} | {_format_target(r)} | {_format_verdict(r)} |"
+            f"{floor} | {traffic} | {temp} | {_format_target(r)} | {_format_verdict(r)} |"
         )
     return "\n".join(lines)
 

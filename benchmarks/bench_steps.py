@@ -94,8 +94,10 @@ class CompiledStep:
 
     ``carry`` holds the arguments that are fed back (and donated); ``fixed``
     the ones that stay. ``cost`` is XLA's own cost analysis of the executable
-    (``bytes accessed``, ``flops``, ``transcendentals``), noise-free figures
-    that explain the measured ratios.
+    (``bytes accessed``, ``flops``, ``transcendentals``) plus its temporary
+    buffer size (``temp bytes``), noise-free figures that explain the measured
+    ratios (on CPU a temporary of more than a few MB is fresh memory every step,
+    and its page faults cost about as much as writing it twice).
     """
 
     def __init__(self, fn: Callable[..., Any], carry: list, fixed: tuple, donate: bool, feed_back: Callable):
@@ -105,6 +107,9 @@ class CompiledStep:
         cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
         wanted = ("bytes accessed", "flops", "transcendentals")
         self.cost = {k: float(v) for k, v in (cost or {}).items() if k in wanted}
+        memory = self.compiled.memory_analysis()
+        if memory is not None:
+            self.cost["temp bytes"] = float(memory.temp_size_in_bytes)
         self.carry, self.fixed, self.feed_back = carry, fixed, feed_back
 
     def __call__(self) -> Any:

@@ -256,7 +256,9 @@ def render_markdown(report: dict) -> str:
              "medians of the per-round ratios (IQR in brackets); 'x floor' is the step time over a jitted `p + g` "
              "on the same bytes; "
              "'XLA bytes/param' is the compiled step's `cost_analysis()` bytes accessed per parameter "
-             "(noise-free; the floor reads 8 and writes 4).", ""]
+             "(noise-free; the floor reads 8 and writes 4); 'temp bytes/param' is its temporary buffer "
+             "(`memory_analysis()`), which on CPU is fresh, page-faulted memory every step once it is "
+             "larger than glibc's 32 MB mmap threshold.", ""]
     for group, names in report["groups"].items():
         results = [_result(c) for c in report["cases"] if c["name"] in names and c["group"] == group]
         lines += [f"### {group}", "", markdown_table(results), ""]
