@@ -20,8 +20,8 @@ increases |x|):
     q = 3    t = 2a / (1 + √(1 + 4sa))
 
 For q = ½ and ⅔ the thresholds are exact. For q = ½ the root is a
-degree-11 polynomial in σ = s·a^(−3/2), fitted once to Xu et al.'s
-trigonometric form (error 3e-9; float64 adds two Newton steps); for q = ⅔ it
+polynomial in σ = s·a^(−3/2), fitted once to Xu et al.'s trigonometric form,
+then Newton (float32: degree 4 and one step; float64: degree 11 and two); for q = ⅔ it
 is 6 monotone Newton steps on the quartic (float64-exact). The tests check
 both against the papers' trigonometric / quartic formulas. (XLA's arccos and
 cos are ~30× slower than arithmetic on CPU.)

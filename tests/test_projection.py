@@ -169,13 +169,20 @@ def test_projected_adam_keeps_the_constraint_and_half_precision():
         assert norm <= 2.0 * 1.01  # bf16 rounding of the projected point
 
 
-def test_vmap_over_parameter_vectors():
-    tx = optreg.project_lq_ball(1.0, 3.0)
+@pytest.mark.parametrize("q", [2.0, 3.0])
+def test_vmap_over_parameter_vectors(q):
+    tx = optreg.project_lq_ball(1.0, q)
     vectors = jnp.asarray(np.random.default_rng(9).normal(size=(5, 3)), jnp.float32)
+    vectors = vectors.at[3].multiply(1e-25)  # q = 2: Σw² underflows, the overflow-safe branch for this row only
     batched = jax.vmap(lambda w: tx.update(jnp.zeros_like(w), tx.init(w), w)[0])(vectors)
     for row in range(5):
-        one = optreg.projection_lq_ball(vectors[row], 1.0, 3.0)
+        one = optreg.projection_lq_ball(vectors[row], 1.0, q)
         np.testing.assert_allclose(vectors[row] + batched[row], one, rtol=1e-5, atol=1e-6)
+    # the function itself also where the row is shrunk (w + (P(w) − w) would round P(w) away at 1e25)
+    vectors = vectors.at[4].multiply(1e25)
+    batched = jax.vmap(lambda w: optreg.projection_lq_ball(w, 1.0, q))(vectors)
+    for row in range(5):
+        np.testing.assert_allclose(batched[row], optreg.projection_lq_ball(vectors[row], 1.0, q), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1.0, 1e25])
