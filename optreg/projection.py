@@ -153,13 +153,17 @@ def l1_threshold_projection(leaves: list[jax.Array], radius: jax.Array, max_iter
     ]
 
 
-def _l2_shrink(leaves: list[jax.Array], r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Factors (a, b, c) with P(x) = ((x·a)·b)·c = x·min(1, r/‖x‖₂) over all leaves, for every finite x.
+def _l2_shrink(leaves: list[jax.Array], r: jax.Array) -> tuple[jax.Array, ...]:
+    """Factors (f1, f2, f3, m) with P(x) = (((x·f1)·f2)·f3)·m = x·min(1, r/‖x‖₂) over all leaves.
 
-    r/‖x‖ itself may be subnormal (flushed to zero on CPU, and so is a
-    division by max|x| ≈ 3e38, which XLA turns into a multiplication by the
-    reciprocal): a and b are exact powers of two, each normal, and c is r/‖x‖
-    times their inverse, so only the last multiplication rounds.
+    r/‖x‖ itself may leave float range (e.g. ‖x‖ = 1e18, r = 1e-33), and so
+    may 1/max|x| (XLA turns a division by it into a multiplication by the
+    reciprocal, which flushes to 0 near 3e38). So r/‖x‖ = m·2^E is taken
+    apart from the exponents of r, of the scale and of the root: f1, f2, f3
+    are powers of two <= 1, each a normal number, whose product is 2^E, and
+    m in [0.5, 1) is the only factor that rounds. Every intermediate is at
+    most |x|, so nothing overflows; only entries whose projection is itself
+    below the smallest normal number flush to zero.
 
     The plain sum of squares (one fused pass, nothing written) serves whenever
     it neither overflows nor drops below the smallest normal number; only
@@ -176,11 +180,17 @@ def _l2_shrink(leaves: list[jax.Array], r: jax.Array) -> tuple[jax.Array, jax.Ar
     scale, root = jax.lax.cond(
         ordinary, lambda _: (one, jnp.sqrt(squares)), lambda ls: _combine_all([_scaled_squares(x) for x in ls]), leaves
     )
-    inside = root * scale <= r
-    mantissa, exponent = jnp.frexp(jnp.where(inside, 1.0, scale))  # scale = mantissa·2^exponent
-    half = exponent // 2
-    a, b = jnp.ldexp(one, -half), jnp.ldexp(one, half - exponent)
-    return a, b, jnp.where(inside, 1.0 / (a * b), r / (jnp.where(root > 0, root, 1.0) * mantissa))
+    inside = root * scale <= r  # ‖x‖ = scale·root may overflow: then it is outside
+    (r_mantissa, r_exponent), (s_mantissa, s_exponent), (n_mantissa, n_exponent) = (
+        jnp.frexp(value) for value in (r, scale, root)
+    )
+    mantissa, exponent = jnp.frexp(r_mantissa / jnp.where(inside, 1.0, s_mantissa * n_mantissa))
+    # outside, r/‖x‖ = mantissa·2^exponent < 1 with mantissa >= 1/2, so exponent <= 0
+    exponent = jnp.where(inside, 0, exponent + r_exponent - s_exponent - n_exponent)
+    first = exponent // 3
+    second = (exponent - first) // 2
+    powers = [jnp.ldexp(one, e) for e in (first, second, exponent - first - second)]
+    return (*powers, jnp.where(inside, 1.0, mantissa))
 
 
 def _combine(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:

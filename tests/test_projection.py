@@ -207,6 +207,8 @@ def test_l2_projection_differentiates_like_optax(scale):
     ([3.4e38, -3.4e38, 1e30], 3e38),
     ([1e-30, -2e-30, 0.0], 1e-31),  # Σx² is below the smallest normal number
     ([3e-20, 4e-20], 1e-20),
+    ([0.0, -0.0, 1.09e18], 1.88e-33),  # Σx² is ordinary but r/‖x‖ = 2e-51 is not a float32
+    ([3.4e38, 1.0], 3.4e38),  # inside the ball next to float32's largest number
 ])
 def test_l2_projection_at_the_ends_of_float32(values, radius):
     x = np.asarray(values, np.float64)
