@@ -159,9 +159,10 @@ def _half_threshold(a: jax.Array, s: jax.Array) -> jax.Array:
     # Only lanes above the threshold are kept, so the others need no clamping (selects, not
     # min/max: IEEE maximum/minimum cost several instructions each on x86).
     threshold = 1.5 * jnp.power(2.0 * s, 2.0 / 3.0)
-    tiny = jnp.finfo(a.dtype).tiny
-    a_three_halves = a * jnp.sqrt(a)  # inf for huge a: σ = 0
-    sigma = s / jnp.where(a_three_halves > tiny, a_three_halves, tiny)
+    # σ = (s/a)/√a, not s/(a·√a): a^(3/2) overflows from a ≈ 5e25 on, where σ need not be small
+    # (s ≈ 1e37). Above the threshold s/a < s^(1/3) cannot overflow; the lanes below it (where
+    # a = 0 gives inf or NaN) are discarded by the select.
+    sigma = (s / a) / jnp.sqrt(a)
     degree, steps = _HALF_ROOT_FIT.get(np.dtype(a.dtype), _HALF_ROOT_FIT[np.dtype(np.float64)])
     v = _newton_polish(_polynomial(_half_root_coefficients(degree), sigma), sigma, power=3, steps=steps)
     return jnp.where(threshold < a, a * (v * v), 0.0)
@@ -270,7 +271,18 @@ def prox_lq_unchecked(x: jax.Array, scale: Any, q: float) -> jax.Array:
     # sign(x)·t: IEEE minimum/maximum and sign take several instructions each on x86, and in the
     # fused Adam + prox loop every instruction counts. A NaN x still gives NaN (the compare fails).
     t = jnp.where(t < magnitude, t, magnitude)
-    return jnp.copysign(t, values).astype(dtype)
+    return _with_sign_of(values, t).astype(dtype)
+
+
+def _with_sign_of(x: jax.Array, t: jax.Array) -> jax.Array:
+    """copysign(t, x) for t >= 0: x's sign bit OR-ed into t's bits (two integer operations; XLA:CPU
+    lowers ``jnp.copysign`` to four)."""
+    bits = {np.dtype(np.float32): jnp.int32, np.dtype(np.float64): jnp.int64}.get(np.dtype(x.dtype))
+    if bits is None:
+        return jnp.copysign(t, x)
+    sign = jnp.asarray(np.iinfo(bits).min, bits)  # only the sign bit set
+    as_int = functools.partial(jax.lax.bitcast_convert_type, new_dtype=bits)
+    return jax.lax.bitcast_convert_type(as_int(t) | (as_int(x) & sign), x.dtype)
 
 
 def prox_lq(x: Any, scale: Any, q: float) -> jax.Array:
