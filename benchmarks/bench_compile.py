@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import statistics
 import time
-import traceback
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from bench_cases import LEARNING_RATE, WEIGHT_DECAY, optreg_api
-from bench_harness import Unavailable
+from bench_harness import reported
 from bench_soft_share import soft_share_transform
 
 
@@ -65,7 +64,7 @@ def measure_compile_times(
         if name != "adam" and not select(name):
             continue
         row: dict[str, Any] = {"name": name}
-        try:
+        with reported(row):
             tx = make_tx()
             opt_state = tx.init(params)
             lowers, compiles = [], []
@@ -89,11 +88,6 @@ def measure_compile_times(
                 compiles.append(end - middle)
             row.update(status="ok", trace_lower_s=statistics.median(lowers), compile_s=statistics.median(compiles))
             row["total_s"] = row["trace_lower_s"] + row["compile_s"]
-        except (Unavailable, ImportError, AttributeError) as error:
-            row.update(status="skipped", reason=f"not available: {error}")
-        except Exception as error:  # noqa: BLE001 - report, keep going
-            row.update(status="error", reason=f"{type(error).__name__}: {error}")
-            traceback.print_exc()
         log(f"  compile {name}: {row.get('total_s', row.get('reason'))}")
         rows.append(row)
     base = next((r for r in rows if r["name"] == "adam" and r["status"] == "ok"), None)

@@ -11,6 +11,7 @@ is the median of the per-round ratios, so slow drifts of a shared machine
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -20,7 +21,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -33,6 +34,22 @@ LONG_STEP_S = 0.25
 
 class Unavailable(Exception):
     """Raised by a case builder when what it measures does not exist (yet)."""
+
+
+@contextlib.contextmanager
+def reported(row: dict) -> Iterator[None]:
+    """Runs the body for one row of a table; a failure becomes the row's status instead of a crash.
+
+    ``Unavailable`` / import / attribute errors mark the row "skipped (not available)", anything
+    else "error" (with its traceback on stderr), so one broken case never hides the others.
+    """
+    try:
+        yield
+    except (Unavailable, ImportError, AttributeError) as error:
+        row.update(status="skipped", reason=f"not available: {error}")
+    except Exception as error:  # noqa: BLE001 - report, keep going
+        row.update(status="error", reason=f"{type(error).__name__}: {error}")
+        traceback.print_exc()
 
 
 @dataclass

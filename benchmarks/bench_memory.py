@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import traceback
 from typing import Any, Callable, Optional
 
 import bench_steps as steps
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from bench_cases import LEARNING_RATE, WEIGHT_DECAY, optreg_api
-from bench_harness import Unavailable
+from bench_harness import reported
 from bench_soft_share import (
     STRENGTH_TIMES_N,
     default_mixture,
@@ -96,7 +95,7 @@ def memory_report(
         if not select(name):
             continue
         row: dict[str, Any] = {"name": name, "K": k}
-        try:
+        with reported(row):
             tx = make()
             if tx is None:
                 mixture = default_mixture(params, k)
@@ -113,11 +112,6 @@ def memory_report(
             row["largest_array_over_n"] = row["largest_entry_array"] / size
             row["materialises_nk"] = bool(k > 1 and (row["largest_entry_array"] >= size * k
                                                      or row["temp_size_in_bytes"] >= 4 * size * k))
-        except (Unavailable, ImportError, AttributeError) as error:
-            row.update(status="skipped", reason=f"not available: {error}")
-        except Exception as error:  # noqa: BLE001 - report, keep going
-            row.update(status="error", reason=f"{type(error).__name__}: {error}")
-            traceback.print_exc()
         log(f"  memory {name}: {row.get('temp_size_in_bytes', row.get('reason'))}")
         rows.append(row)
     checked = tuple(k for k in ks if select(f"soft_share_prior exact, K={k}"))
@@ -131,7 +125,7 @@ def soft_share_accuracy(params: Any, ks: tuple[int, ...]) -> list[dict]:
     rows = []
     for k in ks:
         row: dict[str, Any] = {"K": k}
-        try:
+        with reported(row):
             fast, exact = soft_share_transform(k, size, False), soft_share_transform(k, size, True)
             added_fast, _ = jax.jit(fast.update)(zeros, fast.init(params), params)
             exact_state = exact.init(params)
@@ -147,11 +141,6 @@ def soft_share_accuracy(params: Any, ks: tuple[int, ...]) -> list[dict]:
                 diff_naive = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                                  zip(jax.tree.leaves(naive), jax.tree.leaves(added_exact)))
                 row["exact_vs_naive_autodiff"] = diff_naive / scale
-        except (Unavailable, ImportError, AttributeError) as error:
-            row.update(status="skipped", reason=f"not available: {error}")
-        except Exception as error:  # noqa: BLE001
-            row.update(status="error", reason=f"{type(error).__name__}: {error}")
-            traceback.print_exc()
         rows.append(row)
     return rows
 

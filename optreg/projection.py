@@ -235,13 +235,8 @@ def _scaled_squares_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -
 
 @functools.partial(jax.jit, static_argnames="q")
 def _project(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.Array]:
-    """Scale by the largest entry, project, then make sure the result is in the ball.
-
-    Working with y = x / max|x| (so |y| <= 1) keeps every norm finite for any
-    magnitude; a radius below max|x|'s rounding (r/max|x| < eps) projects to 0;
-    a last rescale by min(1, r/‖z‖_q) absorbs the rounding of x − θ when
-    |x| ≫ r, so the output is inside the ball.
-    """
+    """Projection of the leaves together: optax's for q = ∞, :func:`_l2_shrink` for q = 2, else
+    :func:`_project_scaled` (x / max|x|, project, then make sure the result is in the ball)."""
     if not leaves:
         return []
     dtype = jnp.result_type(*leaves)
@@ -256,6 +251,9 @@ def _project(leaves: list[jax.Array], radius: jax.Array, q: float) -> list[jax.A
 
 
 def _project_scaled(leaves: list[jax.Array], r: jax.Array, q: float) -> list[jax.Array]:
+    """Working with y = x / max|x| (so |y| <= 1) keeps every norm finite for any magnitude; a
+    radius below max|x|'s rounding (r/max|x| < eps) projects to 0; a last rescale by
+    min(1, r/‖z‖_q) absorbs the rounding of x − θ when |x| ≫ r, so the output is inside the ball."""
     dtype = jnp.result_type(*leaves)
     largest = _largest(leaves)
     scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
