@@ -23,43 +23,11 @@ from optreg import _tree
 from optreg._checks import check_exponent, check_positive
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter, check_hyperparameter
+from optreg._numerics import compute_dtype, reciprocal_sqrt
 from optreg._tree import Mask
 
 #: Default floor on |w| when evaluating |w|^(q-1) for q < 1 (see :func:`lq_gradient`).
 DEFAULT_EPS = 1e-8
-
-
-def _compute_dtype(dtype: Any) -> Any:
-    """Math for half-precision leaves runs in float32; float32/float64 keep their own."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-#: Bit pattern whose difference with half a float32's bits approximates 1/√x (Lomont 2003).
-_RSQRT_MAGIC = 0x5F3759DF
-
-
-def reciprocal_sqrt(x: jax.Array) -> jax.Array:
-    """1/√x for x > 0, from multiplies and adds only when x is float32.
-
-    XLA counts ``sqrt``/``rsqrt`` as expensive and will not duplicate them into
-    several consumer loops. In ``chain(add_decayed_weights_q(λ, 1.5), adam)``
-    both of Adam's moment loops read the decayed gradient, so with ``jnp.sqrt``
-    √|w| got a loop of its own and was written to memory and read back (64
-    instead of 48 bytes/param, 1.46x optax's decay + Adam on CPU). Built from
-    a bit-level first guess and three Newton steps it fuses like q = 2 does
-    (48 bytes/param, 1.16x). Relative error <= 1.5e-7 over all normal float32
-    (``jax.lax.rsqrt``: 6e-8); other dtypes use ``jax.lax.rsqrt``.
-
-    References:
-      Lomont, "Fast inverse square root", Purdue University technical report, 2003.
-    """
-    if x.dtype != jnp.float32:
-        return jax.lax.rsqrt(x)
-    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
-    y = jax.lax.bitcast_convert_type(jnp.int32(_RSQRT_MAGIC) - jnp.right_shift(bits, 1), jnp.float32)
-    for _ in range(3):
-        y = y * (1.5 - 0.5 * ((x * y) * y))  # (x·y)·y: 0.5·x would flush to 0 for x near the smallest normal
-    return y
 
 
 def check_penalty_strength(value: Any, name: str) -> None:
@@ -97,7 +65,7 @@ def lq_penalty(params: Any, q: float = 2.0, weight_decay: Any = 1.0, mask: Mask 
     for leaf, chosen in zip(jax.tree.leaves(params), selected, strict=True):
         if chosen and _tree.is_floating(leaf):
             leaf = jnp.asarray(leaf)
-            magnitude = jnp.abs(leaf.astype(_compute_dtype(leaf.dtype)))
+            magnitude = jnp.abs(leaf.astype(compute_dtype(leaf.dtype)))
             total = total + jnp.sum(magnitude**q)
     return jnp.asarray(weight_decay) / q * total
 
@@ -128,7 +96,7 @@ def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEF
     """
     params = jnp.asarray(params)
     dtype = params.dtype
-    w = params.astype(_compute_dtype(dtype))  # half precision: λ·w in float32 (λ = 1e-8 is 0 in fp16)
+    w = params.astype(compute_dtype(dtype))  # half precision: λ·w in float32 (λ = 1e-8 is 0 in fp16)
     if q == 2.0:
         return (weight_decay * w).astype(dtype)
     if q == 1.0:

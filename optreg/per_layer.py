@@ -21,6 +21,7 @@ import optax
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive, require_params
 from optreg._hyper import CountState, Hyperparameter
+from optreg._numerics import compute_dtype
 from optreg._tree import Mask
 from optreg.decay import DEFAULT_EPS, lq_gradient
 from optreg.masks import decay_mask
@@ -240,7 +241,7 @@ def per_layer_penalty(
     for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):
         if entry.weight_decay is not None:
             lam = _hyper.value_at(entry.weight_decay, jnp.asarray(count, jnp.int32))
-            magnitude = jnp.abs(leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)))
+            magnitude = jnp.abs(leaf.astype(compute_dtype(leaf.dtype)))
             total = total + lam / q * jnp.sum(magnitude**q)
     return total
 

@@ -37,8 +37,8 @@ import optax
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, require_params
 from optreg._hyper import CountState, Hyperparameter
+from optreg._numerics import compute_dtype
 from optreg._tree import Mask
-from optreg.decay import _compute_dtype
 from optreg.prox import check_scale, prox_lq_unchecked
 
 #: Bisection steps on the multiplier; the bracket shrinks to 2^-60 of its start.
@@ -304,7 +304,7 @@ def projection_lq_ball(tree: Any, radius: Any, q: float) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     chosen = [index for index, leaf in enumerate(leaves) if _tree.is_floating(leaf)]
     inputs = [jnp.asarray(leaves[index]) for index in chosen]
-    projected = _project([leaf.astype(_compute_dtype(leaf.dtype)) for leaf in inputs], jnp.asarray(radius), q)
+    projected = _project([leaf.astype(compute_dtype(leaf.dtype)) for leaf in inputs], jnp.asarray(radius), q)
     for index, leaf, result in zip(chosen, inputs, projected):
         leaves[index] = result.astype(leaf.dtype)
     return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -372,7 +372,7 @@ def project_lq_ball(
         ]
         originals = [jnp.asarray(update_leaves[i]) for i in chosen]
         weights = [jnp.asarray(param_leaves[i]) for i in chosen]
-        weights = [w.astype(_compute_dtype(w.dtype)) for w in weights]
+        weights = [w.astype(compute_dtype(w.dtype)) for w in weights]
         targets = [w + u.astype(w.dtype) for u, w in zip(originals, weights)]
         if per_leaf:
             projected = [_project([target], value, q)[0] for target in targets]

@@ -50,7 +50,7 @@ import numpy as np
 
 from optreg import _tree
 from optreg._checks import check_exponent, check_nonnegative
-from optreg.decay import _compute_dtype
+from optreg._numerics import compute_dtype
 
 #: Log-space Newton steps of the generic (non closed-form) path; a final
 #: linear-space step polishes the result to full precision.
@@ -256,7 +256,7 @@ def _magnitude(a: jax.Array, s: jax.Array, q: float) -> jax.Array:
 
 def _in_compute_dtype(x: jax.Array, *scales: Any) -> tuple[jax.Array, ...]:
     """x and each scale (clamped at 0) in x's compute dtype (float32 for half precision)."""
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     return (x.astype(compute), *(jnp.maximum(jnp.asarray(scale).astype(compute), 0.0) for scale in scales))
 
 

@@ -26,8 +26,8 @@ import optax
 from optreg._checks import check_exponent
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
+from optreg._numerics import compute_dtype
 from optreg._tree import Mask
-from optreg.decay import _compute_dtype
 from optreg.prox import prox_elastic_net_unchecked, prox_lq_unchecked
 
 
@@ -78,7 +78,7 @@ def proximal_lq(
     q = check_exponent(q, allow_zero=True)
 
     def step(update: jax.Array, param: jax.Array, values: Mapping[str, jax.Array]) -> jax.Array:
-        compute = _compute_dtype(param.dtype)
+        compute = compute_dtype(param.dtype)
         weight = param.astype(compute)
         target = weight + update.astype(compute)
         scale = values["learning_rate"] * values["weight_decay"]
@@ -118,7 +118,7 @@ def proximal_elastic_net(
     """
 
     def step(update: jax.Array, param: jax.Array, values: Mapping[str, jax.Array]) -> jax.Array:
-        compute = _compute_dtype(param.dtype)
+        compute = compute_dtype(param.dtype)
         weight = param.astype(compute)
         target = weight + update.astype(compute)
         rate = values["learning_rate"]

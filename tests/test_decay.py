@@ -246,7 +246,7 @@ def test_penalty_value_closed_form():
 
 def test_reciprocal_sqrt_is_accurate_over_all_normal_float32():
     """The fusible 1/√x behind q = 1.5 and q = 0.5, against float64 NumPy from the smallest normal to the largest."""
-    from optreg.decay import reciprocal_sqrt
+    from optreg._numerics import reciprocal_sqrt
 
     info = np.finfo(np.float32)
     x = np.concatenate([np.geomspace(info.tiny, info.max, 200_001, dtype=np.float64).astype(np.float32),
