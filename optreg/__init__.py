@@ -4,6 +4,7 @@ One penalty convention throughout: Ω(w) = (λ/q)·Σ|w|^q, and every transform
 adds exactly ∂Ω/∂w to the updates. See ``README.md`` for the conversion table.
 """
 
+from optreg._cautious import add_cautious_weight_decay
 from optreg._hyper import CountState
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
 from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
@@ -33,6 +34,7 @@ __all__ = [
     "PerLayerDecay",
     "Quantized",
     "__version__",
+    "add_cautious_weight_decay",
     "add_decayed_weights_q",
     "add_elastic_net",
     "compression_report",
