@@ -4,6 +4,7 @@ One penalty convention throughout: Ω(w) = (λ/q)·Σ|w|^q, and every transform
 adds exactly ∂Ω/∂w to the updates. See ``README.md`` for the conversion table.
 """
 
+from optreg._anchored import AnchorState, decay_towards, decay_towards_penalty
 from optreg._cautious import add_cautious_weight_decay
 from optreg._hyper import CountState
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
@@ -27,6 +28,7 @@ from optreg.soft_share import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnchorState",
     "CompressionReport",
     "CountState",
     "GroupState",
@@ -39,6 +41,8 @@ __all__ = [
     "add_elastic_net",
     "compression_report",
     "decay_mask",
+    "decay_towards",
+    "decay_towards_penalty",
     "describe",
     "elastic_net_penalty",
     "group_share_penalty",
