@@ -7,6 +7,7 @@ adds exactly ∂Ω/∂w to the updates. See ``README.md`` for the conversion tab
 from optreg._anchored import AnchorState, decay_towards, decay_towards_penalty
 from optreg._cautious import add_cautious_weight_decay
 from optreg._hyper import CountState
+from optreg._independent import independent_weight_decay
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
 from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
 from optreg.elastic_net import add_elastic_net, elastic_net_penalty
@@ -46,6 +47,7 @@ __all__ = [
     "describe",
     "elastic_net_penalty",
     "group_share_penalty",
+    "independent_weight_decay",
     "lq_gradient",
     "lq_penalty",
     "mixing_proportions",

@@ -66,6 +66,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     Entry("project_lq_ball", lambda p: _optreg("project_lq_ball")(1e3, 2.0), "last", elementwise=False),
     Entry("add_cautious_weight_decay", lambda p: _optreg("add_cautious_weight_decay")(1e-4), "decoupled"),
     Entry("decay_towards", lambda p: _optreg("decay_towards")("init", 1e-4), "before"),
+    Entry("independent_weight_decay", lambda p: _optreg("independent_weight_decay")(1e-4), "last"),
 )
 
 
