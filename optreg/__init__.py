@@ -8,6 +8,7 @@ from optreg._anchored import AnchorState, decay_towards, decay_towards_penalty
 from optreg._cautious import add_cautious_weight_decay
 from optreg._hyper import CountState
 from optreg._independent import independent_weight_decay
+from optreg._orthogonal import add_orthogonal_decay, orthogonal_penalty
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
 from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
 from optreg.elastic_net import add_elastic_net, elastic_net_penalty
@@ -40,6 +41,7 @@ __all__ = [
     "add_cautious_weight_decay",
     "add_decayed_weights_q",
     "add_elastic_net",
+    "add_orthogonal_decay",
     "compression_report",
     "decay_mask",
     "decay_towards",
@@ -52,6 +54,7 @@ __all__ = [
     "lq_penalty",
     "mixing_proportions",
     "mixture_density",
+    "orthogonal_penalty",
     "per_layer_decay",
     "per_layer_penalty",
     "project_lq_ball",

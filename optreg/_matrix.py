@@ -1,0 +1,40 @@
+"""Parameters seen as matrices: a kernel reshaped to (−1, fan_out), the last axis being the output units.
+
+A Flax ``Dense`` kernel (in, out) stays as it is; a ``Conv`` kernel
+(kh, kw, in, out) becomes (kh·kw·in, out), as in Yoshida & Miyato (2017).
+Channels-first layouts (PyTorch, Equinox: (out, in, kh, kw)) matricize
+differently; for 2-D weights the singular values, and so the penalties built
+on them, are the same either way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optreg._numerics import compute_dtype
+from optreg._tree import is_floating
+
+#: Matrix products at full float32 accuracy on every backend (TPUs and GPUs default to bf16/tf32 passes,
+#: which WᵀW − I near orthogonality or a power iteration cannot afford).
+PRECISION = jax.lax.Precision.HIGHEST
+
+
+def is_matrix(leaf: Any) -> bool:
+    """Whether a leaf is a floating array with ndim >= 2 (the leaves the spectral penalties act on)."""
+    return is_floating(leaf) and np.ndim(leaf) >= 2
+
+
+def as_matrix(x: jax.Array) -> jax.Array:
+    """``x`` reshaped to (prod(shape[:-1]), shape[-1]) in its compute dtype (float32 for half precision)."""
+    x = jnp.asarray(x)
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).astype(compute_dtype(x.dtype))
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` at :data:`PRECISION`."""
+    return jnp.matmul(a, b, precision=PRECISION)
