@@ -9,6 +9,7 @@ from optreg._cautious import add_cautious_weight_decay
 from optreg._hyper import CountState
 from optreg._independent import independent_weight_decay
 from optreg._orthogonal import add_orthogonal_decay, orthogonal_penalty
+from optreg._spectral import SpectralState, add_spectral_decay, spectral_penalty
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
 from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
 from optreg.elastic_net import add_elastic_net, elastic_net_penalty
@@ -37,11 +38,13 @@ __all__ = [
     "MixtureState",
     "PerLayerDecay",
     "Quantized",
+    "SpectralState",
     "__version__",
     "add_cautious_weight_decay",
     "add_decayed_weights_q",
     "add_elastic_net",
     "add_orthogonal_decay",
+    "add_spectral_decay",
     "compression_report",
     "decay_mask",
     "decay_towards",
@@ -69,5 +72,6 @@ __all__ = [
     "share_within_groups",
     "soft_share_penalty",
     "soft_share_prior",
+    "spectral_penalty",
     "tree_prox_lq",
 ]

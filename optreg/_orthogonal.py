@@ -33,24 +33,16 @@ import optax
 from optreg import _hyper, _tree
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
-from optreg._matrix import as_matrix, is_matrix, matmul
+from optreg._matrix import as_matrix, is_matrix, matmul, scaled
 from optreg._tree import Mask
 
 
-def _scaled(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(w / s, s) with s = max(1, max|w|), held constant for differentiation.
-
-    ‖WᵀW − I‖² and W(WᵀW − I) are computed from w / s so that huge weights
-    (|w| ≈ 1e19 squares to inf in float32) overflow to ±inf at the end, never
-    to inf − inf = NaN inside a matrix product. For ordinary weights s = 1.
-    """
-    s = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(w), initial=0.0), 1.0))
-    root = jax.lax.rsqrt(s)  # twice 1/√s, not 1/s: XLA:CPU divides by multiplying with 1/s, subnormal from 1.7e38
-    return (w * root) * root, s
-
-
 def _gram_minus_identity(w: jax.Array, s: jax.Array) -> jax.Array:
-    """The smaller Gram matrix of ŵ = w/s minus I/s²: ŵᵀŵ − I/s² (tall) or ŵŵᵀ − I/s² (wide)."""
+    """The smaller Gram matrix of ŵ = w/s minus I/s²: ŵᵀŵ − I/s² (tall) or ŵŵᵀ − I/s² (wide).
+
+    Computed from the scaled kernel (:func:`optreg._matrix.scaled`, s >= 1) so that huge weights overflow to
+    ±inf at the end, never to inf − inf = NaN inside a matrix product; for ordinary weights s = 1.
+    """
     rows, columns = w.shape
     gram = matmul(w.T, w) if rows >= columns else matmul(w, w.T)
     return gram - jnp.eye(gram.shape[0], dtype=w.dtype) / (s * s)
@@ -67,7 +59,7 @@ def _saturating_product(factor: jax.Array, s: jax.Array, power: int) -> jax.Arra
 
 def orthogonality_gradient(weight: jax.Array, weight_decay: jax.Array) -> jax.Array:
     """λ·W(WᵀW − I) for one kernel (any ndim >= 2; W its (−1, fan_out) reshape), in the kernel's shape and dtype."""
-    w, s = _scaled(as_matrix(weight))
+    w, s = scaled(as_matrix(weight), at_least_one=True)
     difference = _gram_minus_identity(w, s)
     direction = matmul(w, difference) if w.shape[0] >= w.shape[1] else matmul(difference, w)
     return (_saturating_product(jnp.asarray(weight_decay), s, 3) * direction).reshape(weight.shape).astype(weight.dtype)
@@ -75,7 +67,7 @@ def orthogonality_gradient(weight: jax.Array, weight_decay: jax.Array) -> jax.Ar
 
 def _layer_penalty(weight: jax.Array) -> jax.Array:
     """‖WᵀW − I_m‖²_F for one kernel, from the smaller Gram matrix (+ m − n when W is wide)."""
-    w, s = _scaled(as_matrix(weight))
+    w, s = scaled(as_matrix(weight), at_least_one=True)
     rows, columns = w.shape
     difference = _gram_minus_identity(w, s)
     s2 = jnp.minimum(s * s, jnp.finfo(s.dtype).max)
