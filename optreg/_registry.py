@@ -68,6 +68,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     Entry("decay_towards", lambda p: _optreg("decay_towards")("init", 1e-4), "before"),
     Entry("independent_weight_decay", lambda p: _optreg("independent_weight_decay")(1e-4), "last"),
     Entry("add_orthogonal_decay", lambda p: _optreg("add_orthogonal_decay")(1e-4), "before", elementwise=False),
+    Entry("add_spectral_decay", lambda p: _optreg("add_spectral_decay")(1e-4), "before", elementwise=False),
 )
 
 

@@ -65,8 +65,8 @@ def _initial_vector(rows: int, seed: int, index: int) -> jax.Array:
 
 
 def _check_count(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"{name} must be a static Python int, got a traced value; with "
+    if isinstance(value, (jax.core.Tracer, jax.Array)):
+        raise TypeError(f"{name} must be a static Python int, got the JAX array {value!r}; with "
                         f"optax.inject_hyperparams list it in static_args=({name!r},).")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a Python int, got {value!r} of type {type(value).__name__}.")
