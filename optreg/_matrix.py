@@ -10,11 +10,12 @@ on them, are the same either way.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, PartitionSpec
 
 from optreg._numerics import compute_dtype
 from optreg._tree import is_floating
@@ -35,9 +36,25 @@ def as_matrix(x: jax.Array) -> jax.Array:
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).astype(compute_dtype(x.dtype))
 
 
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a @ b`` at :data:`PRECISION`."""
-    return jnp.matmul(a, b, precision=PRECISION)
+def axis_spec(x: jax.Array, axis: int) -> Any:
+    """The mesh axis (or None) that ``x``'s ``axis`` is split over, as seen while tracing."""
+    spec = tuple(jax.typeof(x).sharding.spec)
+    return spec[axis] if axis < len(spec) else None
+
+
+def matmul(a: jax.Array, b: jax.Array, out_spec: Optional[tuple] = None) -> jax.Array:
+    """``a @ b`` at :data:`PRECISION`; ``out_spec`` lays the result out under a mesh with explicit axes.
+
+    A product that contracts over a split dimension is ambiguous to JAX's
+    explicit sharding (``jax.make_mesh``'s default axis type): the caller says
+    how the result is laid out, e.g. replicated (``(None, None)``) for a Gram
+    matrix summed over the split rows, which XLA computes per shard and
+    all-reduces. Under automatic sharding XLA propagates the layout itself.
+    """
+    sharding = jax.typeof(a).sharding
+    explicit = any(kind == AxisType.Explicit for kind in getattr(sharding.mesh, "axis_types", ()))
+    out_sharding = sharding.update(spec=PartitionSpec(*out_spec)) if explicit and out_spec is not None else None
+    return jnp.matmul(a, b, precision=PRECISION, out_sharding=out_sharding)
 
 
 def scaled(w: jax.Array, *, at_least_one: bool = False) -> tuple[jax.Array, jax.Array]:

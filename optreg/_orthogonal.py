@@ -33,7 +33,7 @@ import optax
 from optreg import _hyper, _tree
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
-from optreg._matrix import as_matrix, is_matrix, matmul, scaled
+from optreg._matrix import as_matrix, axis_spec, is_matrix, matmul, scaled
 from optreg._tree import Mask
 
 
@@ -44,7 +44,7 @@ def _gram_minus_identity(w: jax.Array, s: jax.Array) -> jax.Array:
     ±inf at the end, never to inf − inf = NaN inside a matrix product; for ordinary weights s = 1.
     """
     rows, columns = w.shape
-    gram = matmul(w.T, w) if rows >= columns else matmul(w, w.T)
+    gram = matmul(w.T, w, (None, None)) if rows >= columns else matmul(w, w.T, (None, None))  # summed over shards
     return gram - jnp.eye(gram.shape[0], dtype=w.dtype) / (s * s)
 
 
@@ -61,7 +61,8 @@ def orthogonality_gradient(weight: jax.Array, weight_decay: jax.Array) -> jax.Ar
     """λ·W(WᵀW − I) for one kernel (any ndim >= 2; W its (−1, fan_out) reshape), in the kernel's shape and dtype."""
     w, s = scaled(as_matrix(weight), at_least_one=True)
     difference = _gram_minus_identity(w, s)
-    direction = matmul(w, difference) if w.shape[0] >= w.shape[1] else matmul(difference, w)
+    layout = (axis_spec(w, 0), axis_spec(w, 1))
+    direction = matmul(w, difference, layout) if w.shape[0] >= w.shape[1] else matmul(difference, w, layout)
     return (_saturating_product(jnp.asarray(weight_decay), s, 3) * direction).reshape(weight.shape).astype(weight.dtype)
 
 

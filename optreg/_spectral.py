@@ -21,7 +21,7 @@ import optax
 from optreg import _hyper, _tree
 from optreg._checks import require_params
 from optreg._hyper import Hyperparameter
-from optreg._matrix import as_matrix, is_matrix, matmul, scaled
+from optreg._matrix import as_matrix, axis_spec, is_matrix, matmul, scaled
 from optreg._tree import Mask
 
 
@@ -29,9 +29,10 @@ class SpectralState(NamedTuple):
     """State of :func:`add_spectral_decay`.
 
     ``vectors`` holds, for each decayed kernel in the params' leaf order, the
-    power iteration's unit vector u ≈ the top left singular vector of the
-    kernel's (−1, fan_out) reshape (length prod(shape[:-1]), float32). The
-    vectors are small and replicated under sharding; with
+    power iteration's unit vector for the shorter side of the kernel's
+    (−1, fan_out) reshape W (n × m): ≈ the top left singular vector u (length
+    n) when n <= m, else the top right singular vector v (length m); float32.
+    The vectors are small and replicated under sharding; with
     ``optax.tree_utils.tree_map_params`` they are one non-params field (its
     ``transform_non_params`` receives the whole tuple).
     """
@@ -46,21 +47,34 @@ def _normalized(x: jax.Array, fallback: jax.Array) -> jax.Array:
     return jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0), fallback)
 
 
-def _power_iteration(w: jax.Array, u: jax.Array, num_iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``num_iterations`` steps v ← Wᵀu/‖Wᵀu‖, u ← Wv/‖Wv‖ from u; returns (new u, v, W·v = σ·u)."""
-    fallback_v = jnp.full((w.shape[1],), 1.0 / math.sqrt(max(w.shape[1], 1)), w.dtype)
-    v = fallback_v
-    wv = jnp.zeros((w.shape[0],), w.dtype)
+def _shorter_side_first(w: jax.Array) -> jax.Array:
+    """W, or Wᵀ when W has more rows than columns: the iteration keeps the vector of W's shorter side.
+
+    That vector is small, and under FSDP sharding (which splits the longer side) the product that yields it
+    sums over the split dimension, one all-reduce of a short vector, so it stays replicated.
+    """
+    return w if w.shape[0] <= w.shape[1] else w.T
+
+
+def _power_iteration(a: jax.Array, x: jax.Array, num_iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For ``a`` (r × c, r <= c) and a unit r-vector x: ``num_iterations`` steps y ← aᵀx/‖aᵀx‖, x ← ay/‖ay‖.
+
+    Returns (new x, y, a·y = σ·x): the top singular pair of ``a`` and σ as it converges.
+    """
+    columns = axis_spec(a, 1)
+    y = jnp.zeros((a.shape[1],), a.dtype)
+    ay = jnp.zeros((a.shape[0],), a.dtype)
     for _ in range(num_iterations):
-        v = _normalized(matmul(u, w), fallback_v)
-        wv = matmul(w, v)
-        u = _normalized(wv, u)
-    return u, v, wv
+        aty = matmul(x, a, (columns,))
+        y = _normalized(aty, jnp.full_like(aty, 1.0 / math.sqrt(max(a.shape[1], 1))))
+        ay = matmul(a, y, (None,))  # summed over a's columns (split under FSDP): replicated, like x
+        x = _normalized(ay, x)
+    return x, y, ay
 
 
-def _initial_vector(rows: int, seed: int, index: int) -> jax.Array:
+def _initial_vector(size: int, seed: int, index: int) -> jax.Array:
     """A fixed random unit vector (almost surely not orthogonal to the top singular vector)."""
-    x = jax.random.normal(jax.random.fold_in(jax.random.key(seed), index), (rows,), jnp.float32)
+    x = jax.random.normal(jax.random.fold_in(jax.random.key(seed), index), (size,), jnp.float32)
     return x / jnp.sqrt(jnp.sum(x * x))
 
 
@@ -152,10 +166,12 @@ def _decay_terms(params: Any, flags: list[bool], vectors: Any, weight_decay: jax
             terms.append(leaf)
             continue
         w, s = scaled(as_matrix(leaf))
-        u, v, wv = _power_iteration(w, next(remaining).astype(w.dtype), num_iterations)
+        a = _shorter_side_first(w)
+        x, y, ay = _power_iteration(a, next(remaining).astype(w.dtype), num_iterations)
         factor = jnp.minimum(weight_decay * s, jnp.finfo(s.dtype).max)  # λ·σ·u·vᵀ = λ·s·(ŵv)·vᵀ, never inf·0
-        terms.append((factor * wv[:, None] * v[None, :]).reshape(jnp.shape(leaf)))
-        new_vectors.append(u.astype(jnp.float32))
+        outer = ay[:, None] * y[None, :] if a is w else y[:, None] * ay[None, :]  # σ·u·vᵀ of ŵ, W's layout
+        terms.append((factor * outer).reshape(jnp.shape(leaf)))
+        new_vectors.append(x.astype(jnp.float32))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), terms), tuple(new_vectors)
 
 
@@ -173,9 +189,11 @@ def add_spectral_decay(
     the layer's Lipschitz constant; it shrinks only the top direction, unlike
     weight decay, which shrinks all of them. Each update runs
     ``num_iterations`` power-iteration steps v ← Wᵀu/‖Wᵀu‖, u ← Wv/‖Wv‖ from
-    the stored u and adds λ·(Wv)·vᵀ = λ·σ·u·vᵀ. Because u carries over, the
-    estimate tracks σ_max as the weights move (one iteration per step, as in
-    the paper); right after ``init`` it starts from a fixed random vector and
+    the stored u and adds λ·(Wv)·vᵀ = λ·σ·u·vᵀ (for a kernel with more rows
+    than columns the same runs on Wᵀ: the stored vector is the one of the
+    shorter side). Because the vector carries over, the estimate tracks
+    σ_max as the weights move (one iteration per step, as in the paper);
+    right after ``init`` it starts from a fixed random vector and
     approaches σ_max geometrically, at the rate (σ₂/σ₁)² per iteration. Leaves
     with ndim < 2 pass through untouched. Chain it as a loss term::
 
@@ -228,7 +246,7 @@ def add_spectral_decay(
         if not _tree.has_arrays(params):  # optax's tree_map_params placeholder: the vectors are not params
             return SpectralState(count, jnp.zeros([], jnp.float32))
         leaves = jax.tree.leaves(params)
-        vectors = tuple(_initial_vector(as_matrix(leaf).shape[0], seed, index)
+        vectors = tuple(_initial_vector(min(as_matrix(leaf).shape), seed, index)
                         for index, (leaf, chosen) in enumerate(zip(leaves, _decayed(params, mask))) if chosen)
         return SpectralState(count, vectors)
 

@@ -83,15 +83,21 @@ def test_penalty_gradient_is_lambda_sigma_u_v_and_matches_finite_differences():
         np.testing.assert_allclose(tangent, (f(plus) - f(minus)) / (2 * h), rtol=1e-7)
 
 
+def shorter_side(x):
+    """The kernel's matrix with its shorter side first (what the state's vector belongs to)."""
+    w = numpy_matrix(x)
+    return w if w.shape[0] <= w.shape[1] else w.T
+
+
 def test_the_state_converges_to_the_top_singular_pair():
     params = kernels(4)
     out, state = run(optreg.add_spectral_decay(1.0), params, 60)
     decayed = [params[name] for name in sorted(params) if np.ndim(params[name]) >= 2]  # leaf order: sorted keys
-    assert len(state.vectors) == 3
-    for kernel, u in zip(decayed, state.vectors):
-        sigma, left, _ = top_pair(kernel)
-        np.testing.assert_allclose(abs(float(np.dot(np.asarray(u, np.float64), left))), 1.0, atol=1e-5)
-        np.testing.assert_allclose(np.linalg.norm(numpy_matrix(kernel).T @ np.asarray(u, np.float64)), sigma,
+    assert [np.shape(u) for u in state.vectors] == [(4,), (3,), (2,)]  # conv 18 x 4, tall 7 x 3, wide 2 x 5
+    for kernel, x in zip(decayed, state.vectors):
+        sigma, left, _ = top_pair(shorter_side(kernel))
+        np.testing.assert_allclose(abs(float(np.dot(np.asarray(x, np.float64), left))), 1.0, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(shorter_side(kernel).T @ np.asarray(x, np.float64)), sigma,
                                    rtol=1e-5)
 
 
@@ -110,23 +116,28 @@ def test_more_iterations_per_step_converge_in_one_step():
         np.testing.assert_allclose(out[name], numpy_gradient(params[name], 0.4), rtol=1e-4, atol=1e-6)
 
 
-def test_one_iteration_per_step_is_the_power_method_by_hand():
-    """After k updates with fixed W, σ estimate = ‖W·v_k‖ with v_k from k power steps from the initial vector."""
-    params = {"w": kernels(7)["conv"]}
+@pytest.mark.parametrize("name", ["wide", "conv"])
+def test_one_iteration_per_step_is_the_power_method_by_hand(name):
+    """Each update: one step v ← Wᵀu/‖Wᵀu‖, u ← Wv/‖Wv‖ from the stored vector, and the term (Wv)·vᵀ.
+
+    For the wide (2 x 5) kernel the stored vector is u; for the conv kernel (18 x 4) it is v, iterated on Wᵀ.
+    """
+    params = {"w": kernels(7)[name]}
     tx = optreg.add_spectral_decay(1.0)
     state = tx.init(params)
-    u = np.asarray(state.vectors[0], np.float64)
-    w = numpy_matrix(params["w"])
+    x = np.asarray(state.vectors[0], np.float64)
+    a = shorter_side(params["w"])
     step = jax.jit(tx.update)
     for _ in range(3):
         out, state = step(jax.tree.map(jnp.zeros_like, params), state, params)
-        v = w.T @ u
-        v /= np.linalg.norm(v)
-        u = w @ v
-        expected = np.outer(u, v)
-        u /= np.linalg.norm(u)
+        y = a.T @ x
+        y /= np.linalg.norm(y)
+        x = a @ y
+        term = np.outer(x, y)  # σ·x·yᵀ of the shorter-side-first matrix
+        x /= np.linalg.norm(x)
+        expected = term if a.shape == numpy_matrix(params["w"]).shape else term.T
         np.testing.assert_allclose(np.asarray(out["w"]).reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(state.vectors[0]), u, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(state.vectors[0]), x, rtol=1e-5, atol=1e-6)
 
 
 def test_initial_vectors_are_deterministic_and_seeded():
@@ -161,8 +172,8 @@ def test_tiny_and_huge_kernels(scale):
     assert bool(jnp.all(jnp.isfinite(params["w"])))
     out, state = run(optreg.add_spectral_decay(1e-3), params, 40)
     assert not bool(jnp.any(jnp.isnan(out["w"]))) and bool(jnp.all(jnp.isfinite(state.vectors[0])))
-    sigma, left, _ = top_pair(base)
-    np.testing.assert_allclose(abs(float(np.dot(np.asarray(state.vectors[0], np.float64), left))), 1.0, atol=1e-4)
+    _, _, right = top_pair(base)  # 6 x 4: the stored vector is the right one
+    np.testing.assert_allclose(abs(float(np.dot(np.asarray(state.vectors[0], np.float64), right))), 1.0, atol=1e-4)
     if scale < 1e30:  # λ·σ·u·vᵀ is finite: it must be right
         np.testing.assert_allclose(np.asarray(out["w"], np.float64), numpy_gradient(base, 1e-3) * scale, rtol=1e-3)
     penalty = optreg.spectral_penalty(params, 1e-3)
