@@ -34,9 +34,10 @@ import jax
 from bench_cases import optimizer_cases, per_layer_cases
 from bench_harness import Case, Result, describe_machine, load_average, machine_info, markdown_table, run_phase
 from bench_soft_share import soft_share_cases
+from bench_variants import matrix_cases, variant_cases
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("decay", "per_layer", "soft_share", "scaling", "compile", "memory")
+PHASES = ("decay", "per_layer", "soft_share", "variants", "matrix_variants", "scaling", "compile", "memory")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         ("decay", lambda: optimizer_cases(settings.n_main), settings.rounds_main),
         ("per_layer", lambda: per_layer_cases(settings.blocks, settings.layer_dims), settings.rounds_main),
         ("soft_share", lambda: soft_share_cases(settings.n_soft, settings.ks), settings.rounds_soft),
+        ("variants", lambda: variant_cases(settings.n_main), settings.rounds_main),
+        ("matrix_variants", lambda: matrix_cases(settings.n_main), settings.rounds_main),
     ]
     for phase, make_cases, default_rounds in groups:
         if phase in skip:
