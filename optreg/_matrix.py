@@ -64,13 +64,15 @@ def scaled(w: jax.Array, *, at_least_one: bool = False) -> tuple[jax.Array, jax.
     w / s, whose entries are at most 4 in magnitude: squares of huge weights
     (|w| ≈ 1e19 in float32) then never overflow into inf − inf = NaN, and
     squares of tiny ones never underflow to a zero norm. s = 2^e with
-    max|w| < 2^e, e clipped to [−126, 126] (so that s is a normal float; with
-    ``at_least_one``, to [0, 126], i.e. s >= 1 and ordinary weights are left as
-    they are). The scaling is two multiplications by powers of two of at most
-    2^63 each (one by 2^−e would be subnormal, flushed to 0 on CPU, beyond e = 126).
+    max|w| < 2^e, e clipped to the normal exponents ([−125, 126] in float32, so
+    that s is a normal float; with ``at_least_one``, to [0, 126], i.e. s >= 1
+    and ordinary weights are left as they are). The scaling is two
+    multiplications by powers of two of at most 2^63 each in float32 (one by
+    2^−e would be subnormal, flushed to 0 on CPU, beyond e = 126).
     """
+    info = jnp.finfo(w.dtype)
     _, exponent = jnp.frexp(jnp.max(jnp.abs(w), initial=0.0))
-    exponent = jax.lax.stop_gradient(jnp.clip(exponent, 0 if at_least_one else -126, 126))
+    exponent = jax.lax.stop_gradient(jnp.clip(exponent, 0 if at_least_one else info.minexp, info.maxexp - 2))
     half = exponent // 2
     one = jnp.ones([], w.dtype)
     return (w * jnp.ldexp(one, -half)) * jnp.ldexp(one, half - exponent), jnp.ldexp(one, exponent)
