@@ -77,10 +77,10 @@ CORE = [
            ("eps", "> 0", "eps=0.0"), "use a small positive floor such as 1e-8"),
     Misuse("elastic-net strength negative / NaN", lambda: optreg.add_elastic_net(-1.0, 0.1), ValueError,
            ("l1", ">= 0", "-1.0"), "use l1, l2 >= 0"),
-    Misuse("penalty with a negative λ", lambda: optreg.lq_penalty(PARAMS, 2.0, -1.0), ValueError,
+    Misuse("penalty with a negative λ", lambda: optreg.lq_penalty(PARAMS, -1.0, 2.0), ValueError,
            ("weight_decay", ">= 0", "-1.0"), "use λ >= 0", "call"),
-    Misuse("penalty given a schedule", lambda: optreg.lq_penalty(PARAMS, 2.0, optax.constant_schedule(0.1)),
-           TypeError, ("weight_decay", "schedule(step)"), "evaluate it: `weight_decay=schedule(step)`", "call"),
+    Misuse("penalty with a bad step count", lambda: optreg.lq_penalty(PARAMS, optax.constant_schedule(0.1), count=1.5),
+           TypeError, ("count", "1.5"), "pass the transform's int update count", "call"),
     Misuse("mask with another structure than the params",
            lambda: init(optreg.add_decayed_weights_q(0.1, mask={"params": {"Dense_1": True}})), ValueError,
            ("mask", "structure", "params/Dense_0/kernel"),
@@ -114,8 +114,8 @@ CORE = [
            ("'kernel'", "matches no parameter", "first match wins"), "order rules from specific to general",
            "init"),
     Misuse("per-layer rule matching only masked-out parameters",
-           lambda: init(optreg.per_layer_decay({"bias": 0.1})), ValueError,
-           ("'bias'", "mask", "mask=None"), "pass `mask=None` to decay biases / norm scales too", "init"),
+           lambda: init(optreg.per_layer_decay({"bias": 0.1}, mask=optreg.decay_mask)), ValueError,
+           ("'bias'", "mask", "Change the rule or the mask"), "change the rule or the mask", "init"),
     Misuse("per-layer pytree of λ with another structure",
            lambda: init(optreg.per_layer_decay({"params": {"Dense_1": {"kernel": 0.1}}})), ValueError,
            ("weight_decays", "structure", "params/Dense_0/kernel"), "mirror the params' structure", "init"),
@@ -267,7 +267,7 @@ def test_complex_leaves_raise_at_init(name, tx):
 
 def test_complex_leaves_raise_in_penalties():
     z = {"z": jnp.ones(2, jnp.complex64)}
-    for penalty in (lambda: optreg.lq_penalty(z, 2.0, 1.0), lambda: optreg.elastic_net_penalty(z, 1.0, 1.0),
+    for penalty in (lambda: optreg.lq_penalty(z, 1.0, 2.0), lambda: optreg.elastic_net_penalty(z, 1.0, 1.0),
                     lambda: optreg.per_layer_penalty(z, {"z": 1.0}, mask=None)):
         with pytest.raises(TypeError, match="complex"):
             penalty()
@@ -275,7 +275,7 @@ def test_complex_leaves_raise_in_penalties():
 
 def test_integer_leaves_count_nothing_in_penalties():
     params = {"w": jnp.asarray([3.0]), "steps": jnp.asarray([100], jnp.int32)}
-    assert float(optreg.lq_penalty(params, 2.0, 1.0)) == pytest.approx(4.5)
+    assert float(optreg.lq_penalty(params, 1.0, 2.0)) == pytest.approx(4.5)
     assert float(optreg.elastic_net_penalty(params, 1.0, 0.0)) == pytest.approx(3.0)
 
 

@@ -535,7 +535,7 @@ def test_python_float_leaves_are_regularized():
     for tx, expected in cases:
         out, _ = tx.update({"a": 0.0, "b": jnp.zeros(2)}, tx.init(params), params)
         assert float(out["a"]) == expected
-    assert float(optreg.lq_penalty(params, 2.0, 1.0)) == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
+    assert float(optreg.lq_penalty(params, 1.0, 2.0)) == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
 
 
 @pytest.mark.parametrize("q", [2.5, 3.0, 4.0])
