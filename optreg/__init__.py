@@ -4,13 +4,13 @@ One penalty convention throughout: Ω(w) = (λ/q)·Σ|w|^q, and every transform
 adds exactly ∂Ω/∂w to the updates. See ``README.md`` for the conversion table.
 """
 
+from optreg._decay import add_decayed_weights_q, lq_gradient, lq_penalty
+from optreg._elastic_net import add_elastic_net, elastic_net_penalty
+from optreg._groups import GroupState, group_share_penalty, share_within_groups
 from optreg._hyper import CountState
+from optreg._masks import decay_mask
+from optreg._per_layer import PerLayerDecay, describe, per_layer_decay, per_layer_penalty
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
-from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
-from optreg.elastic_net import add_elastic_net, elastic_net_penalty
-from optreg.groups import GroupState, group_share_penalty, share_within_groups
-from optreg.masks import decay_mask
-from optreg.per_layer import PerLayerDecay, describe, per_layer_decay, per_layer_penalty
 from optreg.projection import project_lq_ball, projection_lq_ball
 from optreg.prox import prox_elastic_net, prox_group_lasso, prox_lq, tree_prox_lq
 from optreg.proximal import proximal_elastic_net, proximal_lq

@@ -20,10 +20,10 @@ import optax
 
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive, require_params
+from optreg._decay import DEFAULT_EPS, lq_gradient
 from optreg._hyper import CountState, Hyperparameter
 from optreg._numerics import compute_dtype
 from optreg._tree import Mask
-from optreg.decay import DEFAULT_EPS, lq_gradient
 
 WeightDecays = Union[Mapping[str, Hyperparameter], Callable[[str, Any], Optional[Hyperparameter]], Any]
 

@@ -8,10 +8,10 @@ import jax
 import optax
 
 from optreg import _hyper
+from optreg._decay import lq_gradient, lq_penalty
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
 from optreg._tree import Mask
-from optreg.decay import lq_gradient, lq_penalty
 
 
 def elastic_net_penalty(
