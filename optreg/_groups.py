@@ -28,25 +28,33 @@ from optreg._hyper import Hyperparameter
 
 
 def _resolve_groups(groups: Any, params: Any) -> list[Optional[np.ndarray]]:
-    """One int array (the leaf's shape) or None (no group) per leaf of ``params``."""
-    treedef: Any = jax.tree_util.tree_structure(params)
+    """One int array (the leaf's shape) or None (no group) per leaf of ``params``.
+
+    ``params`` may have empty subtrees where ``groups`` has a leaf (``optax.masked``
+    and ``optax.partition`` hand the inner transform ``MaskedNode`` there).
+    """
+    labelled, label_def = jax.tree_util.tree_flatten_with_path(groups, is_leaf=lambda x: x is None)
     try:
-        labels = treedef.flatten_up_to(groups)
+        parts = label_def.flatten_up_to(params)
     except (ValueError, TypeError) as error:
         raise ValueError(
             "groups must have the params' structure, with an int array of each leaf's shape (labels 0..G−1, "
             f"−1 = no group) or None per leaf.\nparams paths: {_tree.leaf_paths(params)}\n{error}"
         ) from error
     out: list[Optional[np.ndarray]] = []
-    for path, leaf, label in zip(_tree.leaf_paths(params), jax.tree.leaves(params), labels):
+    for (label_path, label), part in zip(labelled, parts):
+        flat = jax.tree_util.tree_flatten_with_path(part)[0]
+        if not flat:
+            continue  # a masked-out (empty) part of the params
         if label is None:
-            out.append(None)
+            out.extend([None] * len(flat))
             continue
         array = np.asarray(label)
+        path = _tree.path_to_string(tuple(label_path) + tuple(flat[0][0]))
         if not np.issubdtype(array.dtype, np.integer):
             raise TypeError(f"groups at {path!r} must hold integer labels, got dtype {array.dtype}.")
-        if array.shape != np.shape(leaf):
-            raise ValueError(f"groups at {path!r} has shape {array.shape}, the parameter has {np.shape(leaf)}.")
+        if len(flat) != 1 or array.shape != np.shape(flat[0][1]):
+            raise ValueError(f"groups at {path!r} has shape {array.shape}, the parameter has {np.shape(flat[0][1])}.")
         out.append(array)
     return out
 
