@@ -33,7 +33,8 @@ def _resolve_groups(groups: Any, params: Any) -> list[Optional[np.ndarray]]:
     ``params`` may have empty subtrees where ``groups`` has a leaf (``optax.masked``
     and ``optax.partition`` hand the inner transform ``MaskedNode`` there).
     """
-    labelled, label_def = jax.tree_util.tree_flatten_with_path(groups, is_leaf=lambda x: x is None)
+    labelled, structure = jax.tree_util.tree_flatten_with_path(groups, is_leaf=lambda x: x is None)
+    label_def: Any = structure  # jax's PyTreeDef is untyped for mypy
     try:
         parts = label_def.flatten_up_to(params)
     except (ValueError, TypeError) as error:
