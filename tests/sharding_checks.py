@@ -6,8 +6,7 @@ sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX starts
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_checks.py [case ...]
 
-It prints one JSON object ``{case: {check: {"ok", "detail", "seconds"}}}``
-.
+It prints one JSON object ``{case: {check: {"ok", "detail", "seconds"}}}``.
 
 Layout (FSDP-style): every leaf with at least ``MIN_SHARDED_SIZE`` elements is
 split along its largest dimension divisible by the mesh size; smaller leaves
