@@ -8,7 +8,7 @@ Each phase builds and compiles its cases, warms them up, then runs rounds in
 which every case executes once in a shuffled order. Reported per case: the
 median step time, the median of the per-round ratios against its baseline
 (what a user would write without optreg), the multiple of the memory-bound
-floor (a jitted ``p + g`` over the same bytes), and the issue's target.
+floor (a jitted ``p + g`` over the same bytes), and the case's target.
 Results go to ``benchmarks/results/<name>.json``; the scaling plot to
 ``benchmarks/results/scaling.png``. Timing targets are never asserted in the
 test suite: shared machines are too noisy for that; read the ratios here.
