@@ -145,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                          else f"{info['backend']}_quick")
     report: dict[str, Any] = {
         "name": name, "mode": mode, "command": " ".join(["benchmarks/run.py", *(argv or sys.argv[1:])]),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": info, "settings": settings.__dict__, "groups": {}, "cases": [],
     }
     groups: list[tuple[str, Callable[[], list[Case]], int]] = [
