@@ -23,7 +23,7 @@ from optreg.soft_share import (
     soft_share_prior,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CompressionReport",
