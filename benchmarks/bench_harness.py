@@ -64,7 +64,7 @@ class Case:
       baseline: name of the case the ratio is taken against (same group), or None.
       floor: name of the memory-bound floor case (``p + g`` over the same bytes), or None.
       target: the ratio (vs ``baseline``) the case must not exceed, or None.
-      target_source: where the target comes from (e.g. "issue 2").
+      target_source: where the target comes from (kept in the JSON, not shown in the tables).
       n_params: number of float32 parameters (for the table).
       note: free text shown in the JSON.
     """
@@ -323,7 +323,7 @@ def _format_target(result: Result) -> str:
         text = f">= {1 / result.target:.0f}x faster"
     else:
         text = f"<= {result.target:.2f}"
-    return f"{text} ({result.target_source})" if result.target_source else text
+    return text
 
 
 def _format_verdict(result: Result) -> str:

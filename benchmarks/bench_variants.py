@@ -27,7 +27,7 @@ from bench_harness import Case, Step
 
 #: The issue's target for cautious, anchored and independent decay + Adam vs optax's decay + Adam.
 TARGET = 1.10
-TARGET_SOURCE = "decay variants issue"
+TARGET_SOURCE = "required: <= 1.10x optax add_decayed_weights + Adam"
 
 
 def mlp_shapes(n: int, layers: int = 4) -> dict:

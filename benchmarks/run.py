@@ -8,7 +8,7 @@ Each phase builds and compiles its cases, warms them up, then runs rounds in
 which every case executes once in a shuffled order. Reported per case: the
 median step time, the median of the per-round ratios against its baseline
 (what a user would write without optreg), the multiple of the memory-bound
-floor (a jitted ``p + g`` over the same bytes), and the issue's target.
+floor (a jitted ``p + g`` over the same bytes), and the case's target.
 Results go to ``benchmarks/results/<name>.json``; the scaling plot to
 ``benchmarks/results/scaling.png``. Timing targets are never asserted in the
 test suite: shared machines are too noisy for that; read the ratios here.
@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                          else f"{info['backend']}_quick")
     report: dict[str, Any] = {
         "name": name, "mode": mode, "command": " ".join(["benchmarks/run.py", *(argv or sys.argv[1:])]),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": info, "settings": settings.__dict__, "groups": {}, "cases": [],
     }
     groups: list[tuple[str, Callable[[], list[Case]], int]] = [

@@ -68,34 +68,18 @@ MODES = {
 # ----------------------------------------------------------------------------- the transforms timed
 
 
-def _optreg(name: str) -> Any:
-    import optreg
+def _registry_transforms() -> dict[str, tuple[Callable[[Any], Any], bool]]:
+    """name -> (abstract params -> optreg transform, or None for plain Adam; placed after the learning rate?),
+    one row per transform in optreg's registry (the same list the tests and sharding checks use)."""
+    from optreg._registry import TRANSFORMS as REGISTRY
 
-    if not hasattr(optreg, name):
-        raise Unavailable(f"optreg.{name} does not exist in this checkout")
-    return getattr(optreg, name)
-
-
-def _group_labels(params: Any) -> Any:
-    """16 groups by flat position for every kernel (each group spans every shard); biases: none."""
-    return jax.tree.map(
-        lambda leaf: (np.arange(leaf.size).reshape(leaf.shape) % 16).astype(np.int32) if leaf.ndim == 2 else None,
-        params,
-    )
+    rows: dict[str, tuple[Callable[[Any], Any], bool]] = {"adam": (lambda params: None, False)}
+    for entry in REGISTRY:
+        rows[entry.name] = (lambda params, entry=entry: entry.make(params), entry.placement == "last")
+    return rows
 
 
-#: name -> (abstract params -> optreg transform, or None for plain Adam; placed after the learning rate?)
-TRANSFORMS: dict[str, tuple[Callable[[Any], Any], bool]] = {
-    "adam": (lambda params: None, False),
-    "add_decayed_weights_q": (lambda params: _optreg("add_decayed_weights_q")(1e-4, q=2.0), False),
-    "add_elastic_net": (lambda params: _optreg("add_elastic_net")(1e-5, 1e-4), False),
-    "per_layer_decay": (lambda params: _optreg("per_layer_decay")({"Dense_0": 1e-4, "Dense_[12]": 1e-3}), False),
-    "soft_share_prior": (
-        lambda params: _optreg("soft_share_prior")(17, strength=1e-6, mask=_optreg("decay_mask")), False),
-    "share_within_groups": (lambda params: _optreg("share_within_groups")(1e-4, _group_labels(params)), False),
-    "proximal_lq": (lambda params: _optreg("proximal_lq")(LEARNING_RATE, 1e-4, q=1.0), True),
-    "project_lq_ball": (lambda params: _optreg("project_lq_ball")(1e3, q=2.0), True),
-}
+TRANSFORMS = _registry_transforms()
 
 
 # ----------------------------------------------------------------------------- the sharded step

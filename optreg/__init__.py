@@ -6,16 +6,16 @@ adds exactly ∂Ω/∂w to the updates. See ``README.md`` for the conversion tab
 
 from optreg._anchored import AnchorState, decay_towards, decay_towards_penalty
 from optreg._cautious import add_cautious_weight_decay
+from optreg._decay import add_decayed_weights_q, lq_gradient, lq_penalty
+from optreg._elastic_net import add_elastic_net, elastic_net_penalty
+from optreg._groups import GroupState, group_share_penalty, share_within_groups
 from optreg._hyper import CountState
 from optreg._independent import independent_weight_decay
+from optreg._masks import decay_mask
 from optreg._orthogonal import add_orthogonal_decay, orthogonal_penalty
+from optreg._per_layer import PerLayerDecay, describe, per_layer_decay, per_layer_penalty
 from optreg._spectral import SpectralState, add_spectral_decay, spectral_penalty
 from optreg.compression import CompressionReport, Quantized, compression_report, quantize
-from optreg.decay import add_decayed_weights_q, lq_gradient, lq_penalty
-from optreg.elastic_net import add_elastic_net, elastic_net_penalty
-from optreg.groups import GroupState, group_share_penalty, share_within_groups
-from optreg.masks import decay_mask
-from optreg.per_layer import PerLayerDecay, describe, per_layer_decay, per_layer_penalty
 from optreg.projection import project_lq_ball, projection_lq_ball
 from optreg.prox import prox_elastic_net, prox_group_lasso, prox_lq, tree_prox_lq
 from optreg.proximal import proximal_elastic_net, proximal_lq
@@ -28,7 +28,7 @@ from optreg.soft_share import (
     soft_share_prior,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AnchorState",

@@ -19,10 +19,10 @@ import optax
 
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive, require_params
+from optreg._decay import DEFAULT_EPS, lq_gradient
 from optreg._hyper import Hyperparameter
 from optreg._numerics import compute_dtype
 from optreg._tree import Mask
-from optreg.decay import DEFAULT_EPS, lq_gradient
 
 #: The anchor string meaning "the params passed to ``init``".
 INIT = "init"
@@ -41,11 +41,6 @@ class AnchorState(NamedTuple):
     anchor: Any
 
 
-def _is_function(value: Any) -> bool:
-    """Callable and a leaf to JAX: an Equinox module (a callable pytree) is data, not a function."""
-    return callable(value) and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
-
-
 def _check_anchor(anchor: Any, *, allow_init: bool = True) -> None:
     """At construction: ``"init"`` or a non-empty pytree of real arrays."""
     fix = "pass 'init' (the params seen by init) or a pytree of arrays with the params' structure"
@@ -57,7 +52,7 @@ def _check_anchor(anchor: Any, *, allow_init: bool = True) -> None:
                              "pass the initial params themselves (a pytree of arrays).")
         raise ValueError(f"anchor must be 'init' or a pytree of arrays like the params, got the string {anchor!r}; "
                          f"{fix}.")
-    if anchor is None or _is_function(anchor):
+    if anchor is None or _tree.is_function(anchor):
         raise TypeError(f"anchor must be a pytree of arrays like the params, got {anchor!r}; {fix}. "
                         "An anchor is never called.")
     leaves = jax.tree.leaves(anchor)
@@ -94,7 +89,7 @@ def _pull(weight: jax.Array, anchor: jax.Array, weight_decay: jax.Array, q: floa
     dtype = compute_dtype(weight.dtype)
     difference = weight.astype(dtype) - anchor.astype(dtype)
     largest = jnp.finfo(dtype).max
-    return lq_gradient(jnp.clip(difference, -largest, largest), weight_decay, q, eps)
+    return lq_gradient(jnp.clip(difference, -largest, largest), weight_decay, q, eps=eps)
 
 
 def decay_towards_penalty(
@@ -140,7 +135,7 @@ def decay_towards_penalty(
     q = check_exponent(q)
     check_positive(eps, "eps")
     _check_anchor(anchor, allow_init=False)
-    _hyper.check_hyperparameter(weight_decay, "weight_decay")
+    _hyper.check_penalty_hyperparameter(weight_decay, "weight_decay")
     _tree.check_real(params)
     selected = _tree.resolve_mask(mask, params)
     total = jnp.zeros([], jnp.float32)
@@ -149,7 +144,7 @@ def decay_towards_penalty(
             weight = jnp.asarray(weight)
             dtype = compute_dtype(weight.dtype)
             total = total + jnp.sum(jnp.abs(weight.astype(dtype) - jnp.asarray(leaf).astype(dtype)) ** q)
-    return _hyper.value_at(weight_decay, jnp.asarray(count, jnp.int32)) / q * total
+    return _hyper.penalty_value(weight_decay, count) / q * total
 
 
 def decay_towards(

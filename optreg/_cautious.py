@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import optax
 
 from optreg._checks import check_exponent, check_positive
+from optreg._decay import DEFAULT_EPS, lq_gradient
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
 from optreg._tree import Mask
-from optreg.decay import DEFAULT_EPS, lq_gradient
 
 
 def _opposed(update: jax.Array, weight: jax.Array) -> jax.Array:
@@ -103,7 +103,7 @@ def add_cautious_weight_decay(
     check_positive(eps, "eps")
 
     def add(update: jax.Array, weight: jax.Array, values: Mapping[str, jax.Array]) -> jax.Array:
-        decay = lq_gradient(weight, values["weight_decay"], q, eps).astype(update.dtype)
+        decay = lq_gradient(weight, values["weight_decay"], q, eps=eps).astype(update.dtype)
         return update + jnp.where(_opposed(update, weight), jnp.zeros_like(decay), decay)
 
     return elementwise_transform("add_cautious_weight_decay", {"weight_decay": weight_decay}, add, mask)

@@ -7,12 +7,15 @@ run time is never branched on.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 
 import jax
 import numpy as np
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_concrete_number(value: Any) -> bool:
@@ -61,7 +64,9 @@ def check_nonnegative(value: Any, name: str) -> None:
     Schedules (callables) and traced values pass: they are checked where they
     are evaluated, if at all.
     """
-    if callable(value) or isinstance(value, jax.core.Tracer):
+    if isinstance(value, jax.core.Tracer) or (
+        callable(value) and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
+    ):
         return
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number, array or schedule, got the bool {value!r}.")
@@ -93,3 +98,26 @@ def require_params(params: Any, transform: str) -> Any:
             "(nnx.Optimizer and flax TrainState.apply_gradients do this for you)."
         )
     return params
+
+
+def renamed(**old_to_new: str) -> Callable[[F], F]:
+    """Decorator: a call that uses an old keyword raises a ``TypeError`` naming the new spelling.
+
+    The signature seen by ``inspect.signature`` (and so by
+    ``optax.inject_hyperparams``) is the function's own.
+    """
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    raise TypeError(
+                        f"{function.__name__}: the argument {old!r} is now called {new!r} (one name per concept "
+                        f"across optreg): write {function.__name__}(..., {new}=...)."
+                    )
+            return function(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate

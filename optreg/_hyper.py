@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from optreg._checks import check_nonnegative
+from optreg._tree import is_function
 
 Hyperparameter = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 
@@ -40,7 +41,7 @@ def next_count(state: CountState) -> CountState:
 def check_hyperparameter(value: Any, name: str) -> None:
     """Checks a λ-like hyperparameter: >= 0, finite, scalar, or a scalar schedule."""
     check_nonnegative(value, name)
-    if callable(value):
+    if is_function(value):
         try:
             shape = jax.eval_shape(value, jax.ShapeDtypeStruct((), jnp.int32)).shape
         except Exception as error:  # noqa: BLE001 - report any failure of the user's schedule
@@ -57,6 +58,18 @@ def check_hyperparameter(value: Any, name: str) -> None:
 
 def value_at(value: Hyperparameter, count: jax.Array) -> jax.Array:
     """The hyperparameter's value at step ``count`` (a schedule is called)."""
-    if callable(value):
+    if is_function(value):
         return jnp.asarray(value(count))
     return jnp.asarray(value)
+
+
+def check_penalty_hyperparameter(value: Any, name: str) -> None:
+    """A penalty's strength: what its transform accepts (a number, a 0-d array or a schedule)."""
+    check_hyperparameter(value, name)
+
+
+def penalty_value(value: Hyperparameter, count: Any) -> jax.Array:
+    """A penalty's strength at ``count``: a schedule is evaluated there, as the transform's k-th update does."""
+    if isinstance(count, bool) or not (isinstance(count, (int, np.integer)) or hasattr(count, "dtype")):
+        raise TypeError(f"count must be an int step count (the transform's update count), got {count!r}.")
+    return value_at(value, jnp.asarray(count, jnp.int32))

@@ -19,10 +19,10 @@ import jax
 import optax
 
 from optreg._checks import check_exponent, check_positive
+from optreg._decay import DEFAULT_EPS, lq_gradient
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
 from optreg._tree import Mask
-from optreg.decay import DEFAULT_EPS, lq_gradient
 
 
 def independent_weight_decay(
@@ -84,6 +84,6 @@ def independent_weight_decay(
     check_positive(eps, "eps")
 
     def subtract(update: jax.Array, weight: jax.Array, values: Mapping[str, jax.Array]) -> jax.Array:
-        return update - lq_gradient(weight, values["rate"], q, eps).astype(update.dtype)
+        return update - lq_gradient(weight, values["rate"], q, eps=eps).astype(update.dtype)
 
     return elementwise_transform("independent_weight_decay", {"rate": rate}, subtract, mask)

@@ -104,14 +104,14 @@ def orthogonal_penalty(params: Any, weight_decay: Hyperparameter, *, mask: Mask 
       Brock, Donahue & Simonyan, "Large Scale GAN Training for High Fidelity
       Natural Image Synthesis", ICLR 2019 (β‖WᵀW − I‖²_F).
     """
-    _hyper.check_hyperparameter(weight_decay, "weight_decay")
+    _hyper.check_penalty_hyperparameter(weight_decay, "weight_decay")
     _tree.check_real(params)
     selected = _tree.resolve_mask(mask, params)
     total = jnp.zeros([], jnp.float32)
     for leaf, chosen in zip(jax.tree.leaves(params), selected, strict=True):
         if chosen and is_matrix(leaf):
             total = total + _layer_penalty(jnp.asarray(leaf))
-    lam = _hyper.value_at(weight_decay, jnp.asarray(count, jnp.int32))
+    lam = _hyper.penalty_value(weight_decay, count)
     return jnp.where(lam == 0, 0.0, lam / 4 * total)
 
 

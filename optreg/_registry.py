@@ -2,9 +2,9 @@
 
 The tests (contract checks over every transform), the sharding checks and the
 benchmarks all read :data:`TRANSFORMS`, so a new transform is covered by all
-three once it has an entry here. ``make(params)`` builds a typical instance
-for a parameter tree (some transforms need the params' structure, e.g. group
-labels); ``placement`` says where the transform goes in a chain:
+three once it has an entry here. ``kwargs(params)`` gives a typical instance's
+arguments for a parameter tree (some transforms need the params' structure,
+e.g. group labels); ``placement`` says where the transform goes in a chain:
 
 * ``"before"``: a loss term, chained before the optimizer (coupled), e.g.
   ``optax.chain(add_decayed_weights_q(λ), optax.adam(lr))``;
@@ -28,19 +28,28 @@ LEARNING_RATE = 1e-3
 
 @dataclass(frozen=True)
 class Entry:
-    """One transform: ``make(params)`` -> a typical instance; ``placement`` in a chain."""
+    """One transform: the public factory ``optreg.<name>``, called as ``factory(**kwargs(params))``.
+
+    ``static`` lists the arguments that must be ``static_args`` of
+    ``optax.inject_hyperparams`` (the ones fixed at trace time).
+    """
 
     name: str
-    make: Callable[[Any], optax.GradientTransformation]
+    kwargs: Callable[[Any], dict[str, Any]]
     placement: str
-    #: Whether the update of a leaf depends only on that leaf (no global norm or mixture).
+    static: tuple[str, ...] = ()
+    #: Whether the update of a leaf depends only on that leaf (no global norm, mixture or group).
     elementwise: bool = True
 
+    @property
+    def factory(self) -> Callable[..., optax.GradientTransformation]:
+        import optreg
 
-def _optreg(name: str) -> Any:
-    import optreg
+        return getattr(optreg, self.name)
 
-    return getattr(optreg, name)
+    def make(self, params: Any) -> optax.GradientTransformation:
+        """The typical instance for ``params``."""
+        return self.factory(**self.kwargs(params))
 
 
 def _group_labels(params: Any) -> Any:
@@ -55,20 +64,25 @@ def _group_labels(params: Any) -> Any:
 
 
 TRANSFORMS: tuple[Entry, ...] = (
-    Entry("add_decayed_weights_q", lambda p: _optreg("add_decayed_weights_q")(1e-4, 2.0), "before"),
-    Entry("add_elastic_net", lambda p: _optreg("add_elastic_net")(1e-5, 1e-4), "before"),
-    Entry("per_layer_decay", lambda p: _optreg("per_layer_decay")({".": 1e-4}), "before"),
-    Entry("share_within_groups", lambda p: _optreg("share_within_groups")(1e-4, _group_labels(p)), "before",
-          elementwise=False),
-    Entry("soft_share_prior", lambda p: _optreg("soft_share_prior")(1e-6, 17), "before", elementwise=False),
-    Entry("proximal_lq", lambda p: _optreg("proximal_lq")(LEARNING_RATE, 1e-4, 1.0), "last"),
-    Entry("proximal_elastic_net", lambda p: _optreg("proximal_elastic_net")(LEARNING_RATE, 1e-5, 1e-4), "last"),
-    Entry("project_lq_ball", lambda p: _optreg("project_lq_ball")(1e3, 2.0), "last", elementwise=False),
-    Entry("add_cautious_weight_decay", lambda p: _optreg("add_cautious_weight_decay")(1e-4), "decoupled"),
-    Entry("decay_towards", lambda p: _optreg("decay_towards")("init", 1e-4), "before"),
-    Entry("independent_weight_decay", lambda p: _optreg("independent_weight_decay")(1e-4), "last"),
-    Entry("add_orthogonal_decay", lambda p: _optreg("add_orthogonal_decay")(1e-4), "before", elementwise=False),
-    Entry("add_spectral_decay", lambda p: _optreg("add_spectral_decay")(1e-4), "before", elementwise=False),
+    Entry("add_decayed_weights_q", lambda p: {"weight_decay": 1e-4, "q": 2.0}, "before", static=("q",)),
+    Entry("add_elastic_net", lambda p: {"l1": 1e-5, "l2": 1e-4}, "before"),
+    Entry("per_layer_decay", lambda p: {"weight_decays": {".": 1e-4}, "q": 2.0}, "before",
+          static=("weight_decays", "q")),
+    Entry("share_within_groups", lambda p: {"weight_decay": 1e-4, "groups": _group_labels(p)}, "before",
+          static=("groups",), elementwise=False),
+    Entry("soft_share_prior", lambda p: {"weight_decay": 1e-6, "num_components": 17}, "before",
+          static=("num_components",), elementwise=False),
+    Entry("proximal_lq", lambda p: {"learning_rate": LEARNING_RATE, "weight_decay": 1e-4, "q": 1.0}, "last",
+          static=("q",)),
+    Entry("proximal_elastic_net", lambda p: {"learning_rate": LEARNING_RATE, "l1": 1e-5, "l2": 1e-4}, "last"),
+    Entry("project_lq_ball", lambda p: {"radius": 1e3, "q": 2.0}, "last", static=("q",), elementwise=False),
+    Entry("add_cautious_weight_decay", lambda p: {"weight_decay": 1e-4, "q": 2.0}, "decoupled", static=("q",)),
+    Entry("decay_towards", lambda p: {"anchor": "init", "weight_decay": 1e-4, "q": 2.0}, "before",
+          static=("anchor", "q")),
+    Entry("independent_weight_decay", lambda p: {"rate": 1e-4, "q": 2.0}, "last", static=("q",)),
+    Entry("add_orthogonal_decay", lambda p: {"weight_decay": 1e-4}, "before", elementwise=False),
+    Entry("add_spectral_decay", lambda p: {"weight_decay": 1e-4, "num_iterations": 1, "seed": 0}, "before",
+          static=("num_iterations", "seed"), elementwise=False),
 )
 
 

@@ -138,7 +138,7 @@ def spectral_penalty(params: Any, weight_decay: Hyperparameter, *, mask: Mask = 
       Yoshida & Miyato, "Spectral Norm Regularization for Improving the
       Generalizability of Deep Learning", arXiv:1705.10941, 2017.
     """
-    _hyper.check_hyperparameter(weight_decay, "weight_decay")
+    _hyper.check_penalty_hyperparameter(weight_decay, "weight_decay")
     _tree.check_real(params)
     selected = _tree.resolve_mask(mask, params)
     total = jnp.zeros([], jnp.float32)
@@ -146,7 +146,7 @@ def spectral_penalty(params: Any, weight_decay: Hyperparameter, *, mask: Mask = 
         if chosen and is_matrix(leaf):
             sigma = _spectral_norm(as_matrix(leaf))
             total = total + sigma * sigma
-    lam = _hyper.value_at(weight_decay, jnp.asarray(count, jnp.int32))
+    lam = _hyper.penalty_value(weight_decay, count)
     return jnp.where(lam == 0, 0.0, lam / 2 * total)
 
 

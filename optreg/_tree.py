@@ -7,7 +7,7 @@ trailing ``.value`` is dropped).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, TypeGuard, Union
 
 import jax
 import jax.numpy as jnp
@@ -61,31 +61,45 @@ def check_real(tree: Any, name: str = "params") -> None:
             )
 
 
+def is_function(value: Any) -> TypeGuard[Callable[..., Any]]:
+    """Whether ``value`` is to be *called*: callable and a leaf to JAX (not a registered pytree node).
+
+    An Equinox module is callable but is a pytree: as a mask, a ``weight_decays``
+    tree or an anchor it is data, never called. A plain function, a lambda, a
+    ``functools.partial`` or an optax schedule is a leaf, so it is called.
+    """
+    return callable(value) and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
+
+
 def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
     """One bool per leaf of ``params``: where the transform applies.
 
     Like optax, ``mask`` is ``None`` (everything), a pytree with the same
-    structure as ``params`` (or a prefix of it) with bool leaves, or a callable
-    ``params -> such a pytree``. A mask that does not fit ``params`` is an
-    error, never a silent no-op.
+    structure as ``params`` (or a prefix of it) with bool leaves, or a function
+    ``params -> such a pytree``. A pytree is never called, even when it is
+    callable (an Equinox module is): see :func:`is_function`. A mask that does
+    not fit ``params`` is an error, never a silent no-op.
     """
     treedef: Any = jax.tree_util.tree_structure(params)  # jax's PyTreeDef is untyped for mypy
     if mask is None:
         return [True] * treedef.num_leaves
-    tree = mask(params) if callable(mask) else mask
+    tree = mask(params) if is_function(mask) else mask
     try:
         broadcast = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params)
         flags = treedef.flatten_up_to(broadcast)
     except (ValueError, TypeError) as error:
         raise ValueError(
             f"{name} does not match the parameters' structure: it must be a pytree of bools with the "
-            f"same structure as the params (or a prefix of it), or a callable returning one.\n"
+            f"same structure as the params (or a prefix of it), or a function returning one.\n"
             f"params paths: {leaf_paths(params)}\n{error}"
         ) from error
     result = []
     for path, flag in zip(leaf_paths(params), flags, strict=True):
         if isinstance(flag, jax.core.Tracer):
-            raise TypeError(f"{name} at {path!r} is a traced value; a mask must be static Python bools.")
+            raise TypeError(
+                f"{name} at {path!r} is a traced value; a mask must be static Python bools. Under "
+                f"optax.inject_hyperparams, list a mask in static_args=({name!r},)."
+            )
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name} at {path!r} must be a bool, got {flag!r}.")
         result.append(bool(flag))
@@ -104,18 +118,52 @@ def flatten_like(updates_treedef: Any, tree: Any, name: str = "params") -> list[
         ) from error
 
 
-def map_selected(function: Callable[..., Any], selected: list[bool], updates: Any, *rest: Any) -> Any:
-    """Applies ``function(update, *rest_leaves)`` on selected floating leaves; others pass through."""
-    leaves, treedef = jax.tree_util.tree_flatten(updates)
-    rest_leaves = [flatten_like(treedef, tree) for tree in rest]
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def flatten_updates(updates: Any, params: Any, per_leaf: Sequence[Any]) -> tuple[list[Any], Any, list[Any], list[Any]]:
+    """Updates, their structure, the matching params, and ``per_leaf`` aligned to them, ``None`` updates as leaves.
+
+    optax lets an update be ``None`` where the params hold an array (nothing to
+    update there). ``per_leaf`` has one value per leaf of ``params`` (e.g.
+    :func:`resolve_mask`'s flags, or one λ per leaf); it comes back aligned with
+    the update leaves, with ``None`` where the update or the param is ``None``.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_is_none)
+    weights = flatten_like(treedef, params)
+    values = iter(per_leaf)
+    aligned = []
+    for leaf, weight in zip(leaves, weights, strict=True):
+        taken = [next(values) for _ in range(len(jax.tree.leaves(weight)))]  # one per array param, none for None
+        aligned.append(taken[0] if len(taken) == 1 and leaf is not None else None)
+    return leaves, treedef, weights, aligned
+
+
+def map_selected(function: Callable[..., Any], selected: Sequence[Any], updates: Any, *rest: Any) -> Any:
+    """Applies ``function(update, *rest_leaves)`` on selected floating leaves; others (and ``None``
+    updates) pass through. ``rest[0]`` must be the params ``selected`` was resolved against.
+
+    ``selected`` holds one entry per leaf of the params: a bool, or any value
+    (``None`` = not selected), which is then passed to ``function`` as a keyword
+    ``value=`` (e.g. a per-leaf λ).
+    """
+    if not rest:
+        leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_is_none)
+        chosen = [None if leaf is None else flag for leaf, flag in zip(leaves, selected, strict=True)]
+        rest_leaves: list[list[Any]] = []
+    else:
+        leaves, treedef, first, chosen = flatten_updates(updates, rest[0], selected)
+        rest_leaves = [first] + [flatten_like(treedef, tree) for tree in rest[1:]]
     out = []
-    for index, (leaf, chosen) in enumerate(zip(leaves, selected, strict=True)):
+    for index, (leaf, flag) in enumerate(zip(leaves, chosen, strict=True)):
         others = [tree_leaves[index] for tree_leaves in rest_leaves]
-        if chosen and is_floating(leaf) and all(is_floating(o) for o in others):
-            # jnp.asarray: a Python-float leaf has no .dtype / .astype
-            out.append(function(jnp.asarray(leaf), *(jnp.asarray(o) for o in others)))
-        else:
+        if flag is None or flag is False or not is_floating(leaf) or not all(is_floating(o) for o in others):
             out.append(leaf)
+            continue
+        # jnp.asarray: a Python-float leaf has no .dtype / .astype
+        arguments = [jnp.asarray(leaf), *(jnp.asarray(o) for o in others)]
+        out.append(function(*arguments) if isinstance(flag, (bool, np.bool_)) else function(*arguments, value=flag))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -24,7 +24,7 @@ def apply(tx, grads, params):
 @pytest.mark.parametrize("q", EXPONENTS)
 def test_equals_grad_of_penalty(q, tree, grads):
     lam = 0.37
-    expected_extra = jax.grad(lambda p: optreg.lq_penalty(p, q, lam))(tree)
+    expected_extra = jax.grad(lambda p: optreg.lq_penalty(p, lam, q))(tree)
     got = apply(optreg.add_decayed_weights_q(lam, q), grads, tree)
     expected = jax.tree.map(jnp.add, grads, expected_extra)
     tree_allclose(got, expected, rtol=2e-6, atol=1e-6)
@@ -239,9 +239,9 @@ def test_integer_leaves_pass_through_and_complex_leaves_raise():
 
 def test_penalty_value_closed_form():
     params = {"a": jnp.array([3.0, -4.0]), "b": jnp.array([[1.0]])}
-    np.testing.assert_allclose(optreg.lq_penalty(params, 2.0, 0.5), 0.5 / 2 * 26.0, rtol=1e-6)
-    np.testing.assert_allclose(optreg.lq_penalty(params, 1.0, 2.0), 2.0 * 8.0, rtol=1e-6)
-    np.testing.assert_allclose(optreg.lq_penalty(params, 3.0, 1.0, mask={"a": False, "b": True}), 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(optreg.lq_penalty(params, 0.5, 2.0), 0.5 / 2 * 26.0, rtol=1e-6)
+    np.testing.assert_allclose(optreg.lq_penalty(params, 2.0, 1.0), 2.0 * 8.0, rtol=1e-6)
+    np.testing.assert_allclose(optreg.lq_penalty(params, 1.0, 3.0, mask={"a": False, "b": True}), 1 / 3, rtol=1e-6)
 
 
 def test_reciprocal_sqrt_is_accurate_over_all_normal_float32():

@@ -2,8 +2,7 @@
 
 ``MISUSES`` is the single table of misuses: each row is run here, and the
 README's "Errors" table is generated from the same rows (condition, exception,
-the message's opening, the fix). Rows for modules that are not importable are
-left out (each such module is listed in ``MISSING_MODULES``).
+the message's opening, the fix).
 
 Decided rules tested at the end: integer and bool leaves are skipped (passed
 through unchanged); complex leaves raise ``TypeError`` at ``init``; Python
@@ -13,7 +12,6 @@ float leaves are regularized like 0-d arrays.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import jax
@@ -77,10 +75,10 @@ CORE = [
            ("eps", "> 0", "eps=0.0"), "use a small positive floor such as 1e-8"),
     Misuse("elastic-net strength negative / NaN", lambda: optreg.add_elastic_net(-1.0, 0.1), ValueError,
            ("l1", ">= 0", "-1.0"), "use l1, l2 >= 0"),
-    Misuse("penalty with a negative λ", lambda: optreg.lq_penalty(PARAMS, 2.0, -1.0), ValueError,
+    Misuse("penalty with a negative λ", lambda: optreg.lq_penalty(PARAMS, -1.0, 2.0), ValueError,
            ("weight_decay", ">= 0", "-1.0"), "use λ >= 0", "call"),
-    Misuse("penalty given a schedule", lambda: optreg.lq_penalty(PARAMS, 2.0, optax.constant_schedule(0.1)),
-           TypeError, ("weight_decay", "schedule(step)"), "evaluate it: `weight_decay=schedule(step)`", "call"),
+    Misuse("penalty with a bad step count", lambda: optreg.lq_penalty(PARAMS, optax.constant_schedule(0.1), count=1.5),
+           TypeError, ("count", "1.5"), "pass the transform's int update count", "call"),
     Misuse("mask with another structure than the params",
            lambda: init(optreg.add_decayed_weights_q(0.1, mask={"params": {"Dense_1": True}})), ValueError,
            ("mask", "structure", "params/Dense_0/kernel"),
@@ -114,8 +112,8 @@ CORE = [
            ("'kernel'", "matches no parameter", "first match wins"), "order rules from specific to general",
            "init"),
     Misuse("per-layer rule matching only masked-out parameters",
-           lambda: init(optreg.per_layer_decay({"bias": 0.1})), ValueError,
-           ("'bias'", "mask", "mask=None"), "pass `mask=None` to decay biases / norm scales too", "init"),
+           lambda: init(optreg.per_layer_decay({"bias": 0.1}, mask=optreg.decay_mask)), ValueError,
+           ("'bias'", "mask", "Change the rule or the mask"), "change the rule or the mask", "init"),
     Misuse("per-layer pytree of λ with another structure",
            lambda: init(optreg.per_layer_decay({"params": {"Dense_1": {"kernel": 0.1}}})), ValueError,
            ("weight_decays", "structure", "params/Dense_0/kernel"), "mirror the params' structure", "init"),
@@ -128,68 +126,39 @@ CORE = [
 ]
 
 
-def optional(module: str) -> Any:
-    try:
-        return importlib.import_module(f"optreg.{module}")
-    except ImportError:
-        return None
-
-
-def optional_misuses() -> tuple[list[Misuse], list[str]]:
-    """Rows for modules written in parallel (issues 3 and 4), if they import."""
-    rows: list[Misuse] = []
-    missing = [name for name in ("projection", "proximal", "prox", "soft_share", "groups") if optional(name) is None]
-    if "projection" not in missing:
-        rows += [
-            Misuse("ball radius negative / NaN", lambda: optreg.project_lq_ball(-1.0), ValueError,
-                   ("radius", ">= 0", "-1.0"), "use radius >= 0"),
-            Misuse("projection exponent q < 1", lambda: optreg.project_lq_ball(1.0, q=0.5), ValueError,
-                   ("q", ">= 1", "q=0.5", "proximal_lq"), "q >= 1 (convex ball); for q < 1 use `proximal_lq`"),
-            Misuse("projection of a tree with a negative radius", lambda: optreg.projection_lq_ball(PARAMS, -1.0, 2.0),
-                   ValueError, ("radius", ">= 0"), "use radius >= 0", "call"),
-        ]
-    if "proximal" not in missing:
-        rows += [
-            Misuse("proximal exponent q < 0", lambda: optreg.proximal_lq(0.1, 0.1, q=-1.0), ValueError,
-                   ("q", ">= 0", "q=-1.0"), "use q >= 0"),
-            Misuse("proximal learning rate negative", lambda: optreg.proximal_lq(-0.1, 0.1), ValueError,
-                   ("learning_rate", ">= 0", "-0.1"), "pass the optimizer's (positive) learning rate or schedule"),
-        ]
-    if "prox" not in missing:
-        rows += [
-            Misuse("prox scale negative", lambda: optreg.prox_lq(jnp.ones(2), -1.0, 1.0), ValueError,
-                   ("scale", ">= 0", "-1.0"), "use scale = learning_rate·λ >= 0", "call"),
-            Misuse("prox of an integer array", lambda: optreg.prox_lq(jnp.arange(2), 0.1, 1.0), TypeError,
-                   ("x", "floating", "int32", "astype"), "cast to a float dtype first", "call"),
-        ]
-    if "soft_share" not in missing:
-        rows += [
-            Misuse("num_components < 2", lambda: optreg.soft_share_prior(1, strength=1e-3), ValueError,
-                   ("num_components", ">= 2", "1"), "use K >= 2 (the zero component plus at least one)"),
-            Misuse("num_components not an int", lambda: optreg.soft_share_prior(2.5, strength=1e-3), TypeError,
-                   ("num_components", "int", "2.5", "static_args"), "a Python int (static)"),
-            Misuse("soft sharing without a strength", lambda: optreg.soft_share_prior(17), ValueError,
-                   ("strength", "τ"), "pass `strength=τ`, e.g. 0.005 / N_train"),
-            Misuse("zero_mixing outside (0, 1)", lambda: optreg.soft_share_prior(17, strength=1e-3, zero_mixing=1.0),
-                   ValueError, ("zero_mixing", "(0, 1)", "1.0"), "use 0 < π₀ < 1, e.g. 0.99"),
-            Misuse("`update` of soft_share_prior without params",
-                   lambda: update_without_params(optreg.soft_share_prior(3, strength=1e-3)), ValueError,
-                   ("soft_share_prior", "params"), "call `tx.update(grads, state, params)`", "update"),
-        ]
-    if "groups" not in missing:
-        rows += [
-            Misuse("group labels with another structure than the params",
-                   lambda: init(optreg.share_within_groups(0.1, {"w": np.array([0, 1])})), ValueError,
-                   ("groups", "structure", "params/Dense_0/kernel"), "one int label array per leaf, or None",
-                   "init"),
-            Misuse("group labels not integers", lambda: optreg.share_within_groups(0.1, {"w": np.array([0.0, 1.0])}),
-                   TypeError, ("groups", "integer", "float64"), "use int labels 0..G−1 (−1: no group)"),
-        ]
-    return rows, missing
-
-
-OPTIONAL, MISSING_MODULES = optional_misuses()
-MISUSES = CORE + OPTIONAL
+OPERATORS_AND_SOFT_SHARING = [
+    Misuse("ball radius negative / NaN", lambda: optreg.project_lq_ball(-1.0), ValueError,
+           ("radius", ">= 0", "-1.0"), "use radius >= 0"),
+    Misuse("projection exponent q < 1", lambda: optreg.project_lq_ball(1.0, q=0.5), ValueError,
+           ("q", ">= 1", "q=0.5", "proximal_lq"), "q >= 1 (convex ball); for q < 1 use `proximal_lq`"),
+    Misuse("projection of a tree with a negative radius",
+           lambda: optreg.projections.projection_lq_ball(PARAMS, -1.0, 2.0),
+           ValueError, ("radius", ">= 0"), "use radius >= 0", "call"),
+    Misuse("proximal exponent q < 0", lambda: optreg.proximal_lq(0.1, 0.1, q=-1.0), ValueError,
+           ("q", ">= 0", "q=-1.0"), "use q >= 0"),
+    Misuse("proximal learning rate negative", lambda: optreg.proximal_lq(-0.1, 0.1), ValueError,
+           ("learning_rate", ">= 0", "-0.1"), "pass the optimizer's (positive) learning rate or schedule"),
+    Misuse("prox scale negative", lambda: optreg.prox.prox_lq(jnp.ones(2), -1.0, 1.0), ValueError,
+           ("scale", ">= 0", "-1.0"), "use scale = learning_rate·λ >= 0", "call"),
+    Misuse("prox of an integer array", lambda: optreg.prox.prox_lq(jnp.arange(2), 0.1, 1.0), TypeError,
+           ("x", "floating", "int32", "astype"), "cast to a float dtype first", "call"),
+    Misuse("num_components < 2", lambda: optreg.soft_share_prior(1e-3, 1), ValueError,
+           ("num_components", ">= 2", "1"), "use K >= 2 (the zero component plus at least one)"),
+    Misuse("num_components not an int", lambda: optreg.soft_share_prior(1e-3, 2.5), TypeError,
+           ("num_components", "int", "2.5", "static_args"), "a Python int (static)"),
+    Misuse("soft sharing with the old strength keyword", lambda: optreg.soft_share_prior(num_components=17,
+           strength=1e-3), TypeError, ("strength", "weight_decay"), "pass `weight_decay=τ`, e.g. 0.005 / N_train"),
+    Misuse("`update` of soft_share_prior without params",
+           lambda: update_without_params(optreg.soft_share_prior(1e-3, 3)), ValueError,
+           ("soft_share_prior", "params"), "call `tx.update(grads, state, params)`", "update"),
+    Misuse("group labels with another structure than the params",
+           lambda: init(optreg.share_within_groups(0.1, {"w": np.array([0, 1])})), ValueError,
+           ("groups", "structure", "params/Dense_0/kernel"), "one int label array per leaf, or None",
+           "init"),
+    Misuse("group labels not integers", lambda: optreg.share_within_groups(0.1, {"w": np.array([0.0, 1.0])}),
+           TypeError, ("groups", "integer", "float64"), "use int labels 0..G−1 (−1: no group)"),
+]
+MISUSES = CORE + OPERATORS_AND_SOFT_SHARING
 
 
 @pytest.mark.parametrize("misuse", MISUSES, ids=lambda m: m.condition)
@@ -201,30 +170,22 @@ def test_misuse_raises_a_named_error(misuse):
         assert needle in message, f"{needle!r} not in {message!r}"
 
 
-def test_optional_modules_are_covered():
-    if MISSING_MODULES:
-        pytest.skip(f"not importable, their misuse rows are left out: {MISSING_MODULES}")
+def test_every_registry_transform_rejects_a_nan_hyperparameter_at_construction():
+    """Construction alone raises: nothing waits for init or the first update. Every float
+    hyperparameter of every transform in optreg's registry is tried."""
+    from optreg._registry import TRANSFORMS
 
-
-def test_every_public_factory_rejects_a_bad_hyperparameter_at_construction():
-    """Construction alone raises: nothing waits for init or the first update."""
-    factories = [
-        lambda: optreg.add_decayed_weights_q(float("nan")),
-        lambda: optreg.add_elastic_net(0.1, float("nan")),
-        lambda: optreg.per_layer_decay({"kernel": float("nan")}),
-    ]
-    if "proximal" not in MISSING_MODULES:
-        factories.append(lambda: optreg.proximal_lq(0.1, float("nan")))
-        factories.append(lambda: optreg.proximal_elastic_net(0.1, float("nan"), 0.1))
-    if "projection" not in MISSING_MODULES:
-        factories.append(lambda: optreg.project_lq_ball(float("nan")))
-    if "soft_share" not in MISSING_MODULES:
-        factories.append(lambda: optreg.soft_share_prior(3, strength=float("nan")))
-    if "groups" not in MISSING_MODULES:
-        factories.append(lambda: optreg.share_within_groups(float("nan"), {"w": np.array([0, 1])}))
-    for factory in factories:
-        with pytest.raises(ValueError, match="finite"):
-            factory()
+    params = {"w": jnp.ones((3, 2))}
+    tried = 0
+    for entry in TRANSFORMS:
+        kwargs = entry.kwargs(params)
+        for key, value in kwargs.items():
+            if key in entry.static or not isinstance(value, float):
+                continue
+            with pytest.raises(ValueError, match="finite"):
+                entry.factory(**{**kwargs, key: float("nan")})
+            tried += 1
+    assert tried >= len(TRANSFORMS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,19 +194,23 @@ def test_every_public_factory_rejects_a_bad_hyperparameter_at_construction():
 
 
 def transforms_for_mixed_leaves() -> list[tuple[str, optax.GradientTransformation]]:
-    """Every transform that takes a pytree of params, built to change every floating leaf."""
-    out = [
+    """Every transform of optreg's registry, built strong enough to change every floating leaf."""
+    return [
         ("add_decayed_weights_q", optreg.add_decayed_weights_q(0.5, 1.5)),
         ("add_elastic_net", optreg.add_elastic_net(0.5, 0.5)),
-        ("per_layer_decay", optreg.per_layer_decay(lambda path, leaf: 0.5, mask=None)),
+        ("per_layer_decay", optreg.per_layer_decay(lambda path, leaf: 0.5)),
+        ("proximal_lq", optreg.proximal_lq(1.0, 0.5, q=1.0)),
+        ("proximal_elastic_net", optreg.proximal_elastic_net(1.0, 0.5, 0.5)),
+        ("project_lq_ball", optreg.project_lq_ball(0.5, q=2.0)),
+        ("soft_share_prior", optreg.soft_share_prior(0.5, 3, mode="exact")),
+        ("share_within_groups", optreg.share_within_groups(0.5, {"w": np.array([0, 0]), "steps": None, "flag": None})),
     ]
-    if "proximal" not in MISSING_MODULES:
-        out.append(("proximal_lq", optreg.proximal_lq(1.0, 0.5, q=1.0)))
-    if "projection" not in MISSING_MODULES:
-        out.append(("project_lq_ball", optreg.project_lq_ball(0.5, q=2.0)))
-    if "soft_share" not in MISSING_MODULES:
-        out.append(("soft_share_prior", optreg.soft_share_prior(3, strength=0.5, mode="exact")))
-    return out
+
+
+def test_the_mixed_leaves_table_covers_the_registry():
+    from optreg._registry import TRANSFORMS
+
+    assert {entry.name for entry in TRANSFORMS} <= {name for name, _ in transforms_for_mixed_leaves()}
 
 
 @pytest.mark.parametrize("name, tx", transforms_for_mixed_leaves(), ids=lambda x: x if isinstance(x, str) else "")
@@ -267,7 +232,7 @@ def test_complex_leaves_raise_at_init(name, tx):
 
 def test_complex_leaves_raise_in_penalties():
     z = {"z": jnp.ones(2, jnp.complex64)}
-    for penalty in (lambda: optreg.lq_penalty(z, 2.0, 1.0), lambda: optreg.elastic_net_penalty(z, 1.0, 1.0),
+    for penalty in (lambda: optreg.lq_penalty(z, 1.0, 2.0), lambda: optreg.elastic_net_penalty(z, 1.0, 1.0),
                     lambda: optreg.per_layer_penalty(z, {"z": 1.0}, mask=None)):
         with pytest.raises(TypeError, match="complex"):
             penalty()
@@ -275,7 +240,7 @@ def test_complex_leaves_raise_in_penalties():
 
 def test_integer_leaves_count_nothing_in_penalties():
     params = {"w": jnp.asarray([3.0]), "steps": jnp.asarray([100], jnp.int32)}
-    assert float(optreg.lq_penalty(params, 2.0, 1.0)) == pytest.approx(4.5)
+    assert float(optreg.lq_penalty(params, 1.0, 2.0)) == pytest.approx(4.5)
     assert float(optreg.elastic_net_penalty(params, 1.0, 0.0)) == pytest.approx(3.0)
 
 

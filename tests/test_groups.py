@@ -1,4 +1,4 @@
-"""share_within_groups / group_share_penalty: seed 002's explicit groups."""
+"""share_within_groups / group_share_penalty: explicit groups (Nowlan & Hinton 1992, hard assignments)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ import pytest
 import optreg
 
 
-def test_seed_002_four_weights_two_groups():
+def test_four_weights_in_two_groups():
     """Seed 002: w1, w2 share μ1; w3, w4 share μ2; R = (w1−μ1)² + (w2−μ1)² + (w3−μ2)² + (w4−μ2)²."""
     w = jnp.array([1.0, 3.0, -2.0, 4.0])
     groups = np.array([0, 0, 1, 1])
     lam = 0.1
     # μ not given: the group means μ1 = 2, μ2 = 1, so R = 1 + 1 + 9 + 9 = 20
-    np.testing.assert_allclose(optreg.group_share_penalty({"w": w}, {"w": groups}, lam), lam * 20.0, rtol=1e-6)
+    np.testing.assert_allclose(optreg.group_share_penalty({"w": w}, lam, {"w": groups}), lam * 20.0, rtol=1e-6)
     tx = optreg.share_within_groups(lam, {"w": groups})
     updates, _ = tx.update({"w": jnp.zeros(4)}, tx.init({"w": w}), {"w": w})
     np.testing.assert_allclose(updates["w"], 2 * lam * np.array([-1.0, 1.0, -3.0, 3.0]), rtol=1e-6)
     # fixed shared values μ = (0.5, 1.5): R = 0.25 + 6.25 + 12.25 + 6.25 = 25
     shared = jnp.array([0.5, 1.5])
-    np.testing.assert_allclose(optreg.group_share_penalty({"w": w}, {"w": groups}, lam, shared), lam * 25.0,
+    np.testing.assert_allclose(optreg.group_share_penalty({"w": w}, lam, {"w": groups}, shared_values=shared),
+                               lam * 25.0,
                                rtol=1e-6)
     tx = optreg.share_within_groups(lam, {"w": groups}, shared_values=shared)
     updates, _ = tx.update({"w": jnp.zeros(4)}, tx.init({"w": w}), {"w": w})
@@ -48,7 +49,7 @@ def test_transform_equals_grad_of_penalty_with_groups_across_leaves(shared):
     tx = optreg.share_within_groups(0.7, groups, shared_values=shared)
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    penalty_grad = jax.grad(optreg.group_share_penalty)(params, groups, 0.7, shared)
+    penalty_grad = jax.grad(lambda p: optreg.group_share_penalty(p, 0.7, groups, shared_values=shared))(params)
     chex.assert_trees_all_close(jax.tree.map(lambda u, g: u - g, updates, grads), penalty_grad, atol=1e-5)
     np.testing.assert_array_equal(updates["c"], grads["c"])  # ungrouped leaf untouched
     np.testing.assert_array_equal(np.asarray(updates["b"])[4], 1.0)  # label −1 untouched

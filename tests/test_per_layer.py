@@ -118,9 +118,9 @@ def test_rule_shadowed_by_an_earlier_rule_is_an_error(linen_variables):
 
 def test_rule_matching_only_masked_parameters_is_an_error(linen_variables):
     params = linen_variables["params"]
-    with pytest.raises(ValueError, match="mask=None"):
-        optreg.per_layer_decay({"bias": 1e-3}).init(params)
-    tx = optreg.per_layer_decay({"bias": 1e-3}, mask=None)
+    with pytest.raises(ValueError, match="Change the rule or the mask"):
+        optreg.per_layer_decay({"bias": 1e-3}, mask=optreg.decay_mask).init(params)
+    tx = optreg.per_layer_decay({"bias": 1e-3})  # mask=None, as optax: every leaf a rule selects
     updates, _ = tx.update(zeros_like(params), tx.init(params), params)
     np.testing.assert_allclose(updates["Dense_0"]["bias"], 1e-3 * params["Dense_0"]["bias"], rtol=1e-6)
 
@@ -160,7 +160,8 @@ def test_schedule_per_layer(linen_variables):
 
 def test_describe_shows_each_parameter(linen_variables):
     params = linen_variables["params"]
-    tx = optreg.per_layer_decay({"Dense_0/kernel": 1e-3, "Conv_0": optax.constant_schedule(2e-3)})
+    tx = optreg.per_layer_decay({"Dense_0/kernel": 1e-3, "Conv_0": optax.constant_schedule(2e-3)},
+                                mask=optreg.decay_mask)
     table = optreg.describe(tx, params)
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["path", "shape", "dtype", "weight_decay"]
@@ -169,7 +170,9 @@ def test_describe_shows_each_parameter(linen_variables):
     assert "schedule (0.002 at step 0)" in next(line for line in lines if line.startswith("Conv_0/kernel"))
     assert "masked out" in next(line for line in lines if line.startswith("Conv_0/bias"))
     assert "no rule matches" in next(line for line in lines if line.startswith("Dense_1/kernel"))
-    assert table == optreg.describe({"Dense_0/kernel": 1e-3, "Conv_0": optax.constant_schedule(2e-3)}, params)
+    assert table == optreg.describe({"Dense_0/kernel": 1e-3, "Conv_0": optax.constant_schedule(2e-3)}, params,
+                                    mask=optreg.decay_mask)
+    assert table == optreg.describe(optax.chain(tx, optax.adam(1e-3)), params)  # found inside a chain
 
 
 def test_linen_train_state_never_touches_batch_stats(linen_variables):

@@ -51,7 +51,7 @@ SETTINGS = settings(
 DTYPES = ["float32", "bfloat16", "float16", "float64"]
 # 0-d, empty and small shapes; few distinct shapes keep XLA's compile cache warm (the run stays fast).
 SHAPES = [(), (0,), (1,), (5,), (2, 3), (3, 0), (2, 1, 2)]
-EPS = 1e-8  # optreg.decay.DEFAULT_EPS, restated: the floor the docs promise for q < 1
+EPS = 1e-8  # optreg._decay.DEFAULT_EPS, restated: the floor the docs promise for q < 1
 # Relative accuracy of the added term against the float64 closed form: one rounding of λ·|w|^(q-1)
 # to the dtype, plus float32 pow error for the half types and fp32 (|(q-1)·log|w|| up to ~300 ulp).
 RTOL = {"float64": 1e-9, "float32": 5e-5, "bfloat16": 1.6e-2, "float16": 2e-3}
@@ -535,7 +535,7 @@ def test_python_float_leaves_are_regularized():
     for tx, expected in cases:
         out, _ = tx.update({"a": 0.0, "b": jnp.zeros(2)}, tx.init(params), params)
         assert float(out["a"]) == expected
-    assert float(optreg.lq_penalty(params, 2.0, 1.0)) == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
+    assert float(optreg.lq_penalty(params, 1.0, 2.0)) == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
 
 
 @pytest.mark.parametrize("q", [2.5, 3.0, 4.0])

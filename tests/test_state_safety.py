@@ -10,7 +10,6 @@ transforms; one more entry adds a transform to every test here.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import pickle
 import subprocess
@@ -31,42 +30,50 @@ STEPS, SPLIT = 6, 3
 DECAY = optax.linear_schedule(0.3, 0.05, STEPS)  # the count matters: λ_k differs at every step
 
 
-def available(module: str) -> bool:
-    try:
-        importlib.import_module(f"optreg.{module}")
-        return True
-    except ImportError:
-        return False
+def scheduled(value: Any) -> Any:
+    """A float hyperparameter as a schedule from 3·value down to value, so the stored count matters."""
+    return optax.linear_schedule(3.0 * value, value, STEPS) if isinstance(value, float) else value
+
+
+def registry_case(entry: Any) -> Callable[[], optax.GradientTransformation]:
+    """The registry's typical instance, its float hyperparameters turned into schedules."""
+    params = problem()[0]
+    return lambda: entry.factory(**{
+        key: value if key in entry.static else scheduled(value) for key, value in entry.kwargs(params).items()
+    })
 
 
 def cases() -> dict[str, Callable[[], optax.GradientTransformation]]:
-    """name -> factory of the regularizer (the loop chains it with Adam)."""
+    """name -> factory of the regularizer (the loop chains it with Adam): strong settings written here,
+    then every other transform of optreg's registry with its typical settings as schedules."""
+    from optreg._registry import TRANSFORMS
+
+    groups = {"params": {"Dense_0": {"kernel": np.arange(12).reshape(4, 3) % 2, "bias": None},
+                         "Dense_1": {"kernel": np.zeros((3, 1), np.int32), "bias": None}}}
     table: dict[str, Callable[[], optax.GradientTransformation]] = {
         "add_decayed_weights_q": lambda: optreg.add_decayed_weights_q(DECAY, q=1.5),
         "add_elastic_net": lambda: optreg.add_elastic_net(DECAY, 0.1),
         "per_layer_decay": lambda: optreg.per_layer_decay({"Dense_0/kernel": DECAY, "Dense_1": 0.01}),
+        "proximal_lq": lambda: optreg.proximal_lq(DECAY, 0.5, q=1.0),
+        "proximal_elastic_net": lambda: optreg.proximal_elastic_net(DECAY, 0.5, 0.1),
+        "project_lq_ball": lambda: optreg.project_lq_ball(optax.linear_schedule(3.0, 1.0, STEPS), q=1.5),
+        "soft_share_prior": lambda: optreg.soft_share_prior(DECAY, 4),
+        "share_within_groups": lambda: optreg.share_within_groups(DECAY, groups),
     }
-    if available("proximal"):
-        table["proximal_lq"] = lambda: optreg.proximal_lq(DECAY, 0.5, q=1.0)
-        table["proximal_elastic_net"] = lambda: optreg.proximal_elastic_net(DECAY, 0.5, 0.1)
-    if available("projection"):
-        table["project_lq_ball"] = lambda: optreg.project_lq_ball(optax.linear_schedule(3.0, 1.0, STEPS), q=1.5)
-    if available("soft_share"):
-        table["soft_share_prior"] = lambda: optreg.soft_share_prior(4, strength=DECAY)
-    if available("groups"):
-        groups = {"params": {"Dense_0": {"kernel": np.arange(12).reshape(4, 3) % 2, "bias": None},
-                             "Dense_1": {"kernel": np.zeros((3, 1), np.int32), "bias": None}}}
-        table["share_within_groups"] = lambda: optreg.share_within_groups(DECAY, groups)
+    for entry in TRANSFORMS:
+        table.setdefault(entry.name, registry_case(entry))
     return table
 
 
-CASES = cases()
-
-
 def chained(name: str) -> optax.GradientTransformation:
+    from optreg._registry import entry
+
     regularizer = CASES[name]()
-    if name.startswith(("proximal", "project")):  # these replace the step: last in the chain
+    placement = entry(name).placement
+    if placement == "last":  # these replace the step: last in the chain
         return optax.chain(optax.adam(0.05), regularizer)
+    if placement == "decoupled":
+        return optax.chain(optax.scale_by_adam(), regularizer, optax.scale_by_learning_rate(0.05))
     return optax.chain(regularizer, optax.adam(0.05))
 
 
@@ -79,6 +86,9 @@ def problem() -> tuple[Any, jax.Array, jax.Array]:
     x = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(16, 1)), jnp.float32)
     return params, x, y
+
+
+CASES = cases()
 
 
 def loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optreg._masks import decay_mask
 from optreg.compression import DEFAULT_KL_THRESHOLD, CompressionReport, Quantized, compression_report, quantize
 from optreg.demo.data import Split
 from optreg.demo.training import MLP, accuracy, train
-from optreg.masks import decay_mask
 from optreg.soft_share import MixtureState, soft_share_prior
 
 

@@ -1,4 +1,4 @@
-"""Consistent regularizers: a separate λ_j per layer (seed 000 §2.1).
+"""Consistent regularizers: a separate λ_j per layer (Bishop & Bishop 2024, §9.2.1; Bishop 2006, §5.5.1).
 
     Ω(w) = Σ_j (λ_j/q) · Σ_{w ∈ W_j} |w|^q
 
@@ -20,17 +20,16 @@ import optax
 
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive, require_params
+from optreg._decay import DEFAULT_EPS, lq_gradient
 from optreg._hyper import CountState, Hyperparameter
 from optreg._numerics import compute_dtype
 from optreg._tree import Mask
-from optreg.decay import DEFAULT_EPS, lq_gradient
-from optreg.masks import decay_mask
 
 WeightDecays = Union[Mapping[str, Hyperparameter], Callable[[str, Any], Optional[Hyperparameter]], Any]
 
 
 @dataclass(frozen=True)
-class ResolvedDecay:
+class _ResolvedDecay:
     """What one parameter gets: its path, λ (None: not decayed) and why."""
 
     path: str
@@ -41,7 +40,7 @@ class ResolvedDecay:
 
 
 def _is_hyperparameter(value: Any) -> bool:
-    return callable(value) or isinstance(value, (numbers.Real, np.generic, np.ndarray, jax.Array))
+    return _tree.is_function(value) or isinstance(value, (numbers.Real, np.generic, np.ndarray, jax.Array))
 
 
 def _is_rules(weight_decays: Any) -> bool:
@@ -53,7 +52,7 @@ def _is_rules(weight_decays: Any) -> bool:
     )
 
 
-class Rules:
+class _Rules:
     """``weight_decays`` in one of its three forms, checked, resolvable against params.
 
     Forms:
@@ -85,15 +84,15 @@ class Rules:
                 "weight_decays must be a mapping regex -> λ, a callable (path, leaf) -> λ, or a pytree of λ."
             )
 
-    def resolve(self, params: Any) -> list[ResolvedDecay]:
-        """One :class:`ResolvedDecay` per leaf of ``params``; raises on a rule that matches nothing."""
+    def resolve(self, params: Any) -> list[_ResolvedDecay]:
+        """One :class:`_ResolvedDecay` per leaf of ``params``; raises on a rule that matches nothing."""
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
         paths = [_tree.path_to_string(path) for path, _ in flat]
         leaves = [leaf for _, leaf in flat]
         selected = _tree.resolve_mask(self.mask, params)
         if self.patterns is not None:
             decays, reasons = self._from_patterns(paths, leaves, selected)
-        elif callable(self.source):
+        elif _tree.is_function(self.source):
             decays = [self.source(path, leaf) for path, leaf in zip(paths, leaves, strict=True)]
             reasons = ["callable" if d is not None else "callable returned None" for d in decays]
         else:
@@ -115,7 +114,7 @@ class Rules:
             if decay is not None and not _tree.is_floating(leaf):
                 decay, reason = None, "not floating"
             dtype = str(getattr(leaf, "dtype", type(leaf).__name__))
-            result.append(ResolvedDecay(path, tuple(np.shape(leaf)), dtype, decay, reason))
+            result.append(_ResolvedDecay(path, tuple(np.shape(leaf)), dtype, decay, reason))
         return result
 
     def _from_patterns(self, paths: list[str], leaves: list[Any], selected: list[bool]):
@@ -143,8 +142,8 @@ class Rules:
             if not any(matched):
                 raise ValueError(
                     f"weight_decays rule {pattern_text!r} matches only parameters the mask leaves out "
-                    f"(by default optreg.decay_mask: no biases, norm scales or 1-D parameters). "
-                    f"Pass mask=None to decay them anyway."
+                    f"(optreg.decay_mask, for example, leaves out biases, norm scales and 1-D parameters). "
+                    f"Change the rule or the mask."
                 )
         return decays, reasons
 
@@ -153,48 +152,63 @@ class PerLayerDecay(optax.GradientTransformation):
     """The transformation returned by :func:`per_layer_decay`; it remembers its rules
     so that :func:`describe` can show them."""
 
-    rules: Rules
+    rules: _Rules
     q: float
 
 
 def per_layer_decay(
     weight_decays: WeightDecays,
     q: float = 2.0,
-    mask: Mask = decay_mask,
+    *,
+    mask: Mask = None,
     eps: float = DEFAULT_EPS,
 ) -> PerLayerDecay:
     """Adds λ_j·sign(w)·|w|^(q−1) with a separate λ_j per parameter ("consistent regularizers").
 
     The gradient of Ω(w) = Σ_j (λ_j/q)·Σ_{w ∈ W_j} |w|^q (:func:`per_layer_penalty`).
-    Example::
-
-        tx = optax.chain(
-            optreg.per_layer_decay({"Dense_0/kernel": 1e-3, "Dense_1/kernel": 1e-4}),
-            optax.adam(1e-3))
-        print(optreg.describe(tx_or_rules, params))
 
     Args:
       weight_decays: (a) a mapping regex -> λ (float or schedule), matched with
         ``re.search`` against each parameter path, first match wins; (b) a
-        callable ``(path, leaf) -> λ or None``; (c) a pytree of λ (None: no
-        decay) with the params' structure. A flat mapping of strings to numbers or
+        function ``(path, leaf) -> λ or None``; (c) a pytree of λ (None: no
+        decay) with the params' structure (never called, even if the object is
+        callable, e.g. an Equinox module). A flat mapping of strings to numbers or
         schedules is always read as (a). Parameters that match no rule are not
         decayed; a rule that matches no parameter is an error at ``init``.
       q: exponent q > 0 (static).
-      mask: which leaves may be decayed at all. Default :func:`optreg.decay_mask`
-        (no biases, norm scales, 1-D parameters or batch statistics); ``None``: all.
+      mask: which leaves may be decayed at all, as optax: ``None`` (default,
+        every floating leaf a rule selects), a pytree of bools or a function of
+        the params, e.g. :func:`optreg.decay_mask` (no biases, norm scales,
+        1-D parameters or batch statistics).
       eps: floor on |w| for q < 1 (see :func:`optreg.lq_gradient`).
 
     Returns:
       A :class:`PerLayerDecay` (an ``optax.GradientTransformation``); state is
-      a ``CountState``; ``update`` requires ``params``.
+      a ``CountState``; ``update`` requires ``params``. Under
+      ``optax.inject_hyperparams`` use ``static_args=("q", "weight_decays")``
+      (plus ``"mask"`` for a function mask): the rules are static.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optreg
+      >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+      ...           "Dense_1": {"kernel": jnp.ones((2, 1)), "bias": jnp.ones(1)}}
+      >>> decay = optreg.per_layer_decay({"Dense_0/kernel": 1e-3, "Dense_1/kernel": 1e-4})
+      >>> tx = optax.chain(decay, optax.adam(1e-3))
+      >>> print(optreg.describe(tx, params))
+      path            shape   dtype    weight_decay  why
+      --------------  ------  -------  ------------  ---------------------
+      Dense_0/bias    (2,)    float32  -             no rule matches
+      Dense_0/kernel  (2, 2)  float32  0.001         rule 'Dense_0/kernel'
+      Dense_1/bias    (1,)    float32  -             no rule matches
+      Dense_1/kernel  (2, 1)  float32  0.0001        rule 'Dense_1/kernel'
 
     References:
-      Bishop, *Pattern Recognition and Machine Learning*, §5.5.1 (consistent Gaussian priors), 2006.
+      Bishop & Bishop, *Deep Learning: Foundations and Concepts*, Springer 2024, §9.2 (consistent regularizers).
+      Bishop, *Pattern Recognition and Machine Learning*, Springer 2006, §5.5.1 (consistent Gaussian priors).
     """
     q = check_exponent(q)
     check_positive(eps, "eps")
-    rules = Rules(weight_decays, mask)
+    rules = _Rules(weight_decays, mask)
 
     def init_fn(params: Any) -> CountState:
         _tree.check_real(params)
@@ -204,18 +218,15 @@ def per_layer_decay(
 
     def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:
         params = require_params(params, "per_layer_decay")
-        resolved = rules.resolve(params)
-        leaves, treedef = jax.tree_util.tree_flatten(updates)
-        weights = _tree.flatten_like(treedef, params)
-        out = []
-        for update, weight, entry in zip(leaves, weights, resolved, strict=True):
-            if entry.weight_decay is None:
-                out.append(update)
-                continue
-            lam = _hyper.value_at(entry.weight_decay, state.count)
-            update = jnp.asarray(update)
-            out.append(update + lq_gradient(weight, lam, q, eps).astype(update.dtype))
-        return jax.tree_util.tree_unflatten(treedef, out), _hyper.next_count(state)
+        lambdas = [
+            None if entry.weight_decay is None else _hyper.value_at(entry.weight_decay, state.count)
+            for entry in rules.resolve(params)
+        ]
+
+        def add(update: jax.Array, weight: jax.Array, value: jax.Array) -> jax.Array:
+            return update + lq_gradient(weight, value, q, eps=eps).astype(update.dtype)
+
+        return _tree.map_selected(add, lambdas, updates, params), _hyper.next_count(state)
 
     transform = PerLayerDecay(init_fn, update_fn)
     transform.rules = rules
@@ -227,46 +238,123 @@ def per_layer_penalty(
     params: Any,
     weight_decays: WeightDecays,
     q: float = 2.0,
-    mask: Mask = decay_mask,
-    count: int = 0,
+    *,
+    mask: Mask = None,
+    count: Any = 0,
 ) -> jax.Array:
     """Ω(w) = Σ_j (λ_j/q)·Σ_{w ∈ W_j}|w|^q, the loss-side form of :func:`per_layer_decay`.
 
-    Schedules are evaluated at ``count``.
+    Args:
+      params: any pytree of arrays.
+      weight_decays: the rules, in any form :func:`per_layer_decay` takes.
+      q: exponent q > 0 (static).
+      mask: optax-style mask (default ``None``), as in :func:`per_layer_decay`.
+      count: the step at which schedules are evaluated.
+
+    Returns:
+      A scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, optreg
+      >>> params = {"a": {"kernel": jnp.full((2,), 2.0)}, "b": {"kernel": jnp.full((2,), 3.0)}}
+      >>> round(float(optreg.per_layer_penalty(params, {"a/": 0.1, "b/": 0.01})), 4)
+      0.49
+
+    References:
+      Bishop & Bishop, *Deep Learning: Foundations and Concepts*, Springer 2024, §9.2.
     """
     q = check_exponent(q)
     _tree.check_real(params)
-    resolved = Rules(weight_decays, mask).resolve(params)
+    resolved = _Rules(weight_decays, mask).resolve(params)
     total = jnp.zeros([], jnp.float32)
     for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):
         if entry.weight_decay is not None:
-            lam = _hyper.value_at(entry.weight_decay, jnp.asarray(count, jnp.int32))
-            magnitude = jnp.abs(leaf.astype(compute_dtype(leaf.dtype)))
+            lam = _hyper.penalty_value(entry.weight_decay, count)
+            magnitude = jnp.abs(jnp.asarray(leaf).astype(compute_dtype(jnp.asarray(leaf).dtype)))
             total = total + lam / q * jnp.sum(magnitude**q)
     return total
 
 
-def describe(tx_or_rules: Union[PerLayerDecay, WeightDecays], params: Any, mask: Mask = decay_mask) -> str:
+def _find_per_layer_decays(transform: Any, depth: int = 0, seen: Optional[set] = None) -> list[PerLayerDecay]:
+    """Per-layer decays inside ``transform``: itself, or reachable through the closures of an
+    optax combinator's functions (``optax.chain``, ``named_chain``, ``masked``, ...)."""
+    seen = set() if seen is None else seen
+    if id(transform) in seen or depth > 8:
+        return []
+    seen.add(id(transform))
+    if isinstance(transform, PerLayerDecay):
+        return [transform]
+    found: list[PerLayerDecay] = []
+    children: list[Any] = []
+    if isinstance(transform, (tuple, list)):
+        children = list(transform)
+    elif isinstance(transform, dict):
+        children = list(transform.values())
+    elif isinstance(transform, optax.GradientTransformation):
+        children = [transform.init, transform.update]
+    elif callable(transform) and getattr(transform, "__closure__", None):
+        children = [cell.cell_contents for cell in transform.__closure__ if _has_contents(cell)]
+    for child in children:
+        found.extend(_find_per_layer_decays(child, depth + 1, seen))
+    return found
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def describe(tx_or_rules: Any, params: Any, *, mask: Mask = None) -> str:
     """A table of path, shape, dtype, λ and the reason, one row per parameter.
 
     Args:
-      tx_or_rules: a :func:`per_layer_decay` transform (its own mask is used),
-        or ``weight_decays`` in any form :func:`per_layer_decay` takes.
-      params: the parameters (linen dict or NNX state).
-      mask: used only when ``tx_or_rules`` is not a transform.
+      tx_or_rules: a :func:`per_layer_decay` transform, an optax chain (or other
+        combinator) holding exactly one, or ``weight_decays`` in any form
+        :func:`per_layer_decay` takes.
+      params: the parameters (linen dict, NNX state, Equinox-filtered tree).
+      mask: used only when ``tx_or_rules`` are rules (a transform has its own).
 
     Returns:
       The table as a string; ``print`` it.
+
+    Raises:
+      ValueError: for a transform that holds no per-layer decay, or several.
+
+    Example:
+      >>> import jax.numpy as jnp, optreg
+      >>> print(optreg.describe({"kernel": 1e-4}, {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}))
+      path    shape   dtype    weight_decay  why
+      ------  ------  -------  ------------  ---------------
+      bias    (2,)    float32  -             no rule matches
+      kernel  (3, 2)  float32  0.0001        rule 'kernel'
     """
-    rules = tx_or_rules.rules if isinstance(tx_or_rules, PerLayerDecay) else Rules(tx_or_rules, mask)
+    if isinstance(tx_or_rules, optax.GradientTransformation):
+        found = _find_per_layer_decays(tx_or_rules)
+        if len(found) != 1:
+            what = "no per_layer_decay" if not found else f"{len(found)} per_layer_decay transforms"
+            raise ValueError(
+                f"describe: the transform holds {what}; pass the per_layer_decay transform itself "
+                "(keep a reference: decay = optreg.per_layer_decay(...); tx = optax.chain(decay, ...)) "
+                "or its weight_decays."
+            )
+        rules = found[0].rules
+    else:
+        rules = _Rules(tx_or_rules, mask)
+    return _table(rules.resolve(params))
+
+
+def _table(resolved: list[_ResolvedDecay]) -> str:
     rows = [("path", "shape", "dtype", "weight_decay", "why")]
-    for entry in rules.resolve(params):
+    for entry in resolved:
         if entry.weight_decay is None:
             shown = "-"
-        elif callable(entry.weight_decay):
+        elif _tree.is_function(entry.weight_decay):
             shown = f"schedule ({float(entry.weight_decay(jnp.zeros([], jnp.int32))):.3g} at step 0)"
         else:
-            shown = f"{float(entry.weight_decay):.3g}"
+            shown = f"{float(cast(Any, entry.weight_decay)):.3g}"
         rows.append((entry.path, str(entry.shape), entry.dtype, shown, entry.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -1,8 +1,9 @@
 """Lq weight decay: the penalty (λ/q)·Σ|w|^q and the transform adding its gradient.
 
-q = 2 is classic weight decay / L2 (seed 000, seed 001), q = 1 is L1 (seed
-003), and any q > 0 is the generalisation Ω(w) = λ_s/2·Σ|w|^q of seed 000 §2.2
-written in optreg's one convention (λ = q·λ_s/2).
+q = 2 is classic weight decay / L2 (Krogh & Hertz 1992; Zhang et al., *Dive into
+Deep Learning* §3.7), q = 1 is L1 (Tibshirani 1996), and any q > 0 is the
+general regularizer λ_s/2·Σ|w|^q of Bishop & Bishop (2024, §9.2) written in
+optreg's one convention (λ = q·λ_s/2).
 
 Coupled or decoupled is placement in the chain, never a flag::
 
@@ -19,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optreg import _tree
+from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive
 from optreg._elementwise import elementwise_transform
-from optreg._hyper import Hyperparameter, check_hyperparameter
+from optreg._hyper import Hyperparameter
 from optreg._numerics import compute_dtype, reciprocal_sqrt
 from optreg._tree import Mask
 
@@ -30,47 +31,64 @@ from optreg._tree import Mask
 DEFAULT_EPS = 1e-8
 
 
-def check_penalty_strength(value: Any, name: str) -> None:
-    """A penalty's λ: a number or 0-d array >= 0 (a schedule must be evaluated first)."""
-    if callable(value):
-        raise TypeError(f"{name} of a penalty must be a number or 0-d array; evaluate a schedule first: "
-                        f"{name}=schedule(step).")
-    check_hyperparameter(value, name)
+def _safe_power_sum(leaf: jax.Array, q: float) -> jax.Array:
+    """Σ|w|^q in the compute dtype, with derivative 0 (not NaN) at w = 0 for every q."""
+    magnitude = jnp.abs(leaf.astype(compute_dtype(leaf.dtype)))
+    if q == 2.0:
+        return jnp.sum(magnitude * magnitude)
+    nonzero = magnitude > 0
+    return jnp.sum(jnp.where(nonzero, jnp.where(nonzero, magnitude, 1.0) ** q, 0.0))
 
 
-def lq_penalty(params: Any, q: float = 2.0, weight_decay: Any = 1.0, mask: Mask = None) -> jax.Array:
+def lq_penalty(
+    params: Any,
+    weight_decay: Hyperparameter = 0.0,
+    q: float = 2.0,
+    *,
+    mask: Mask = None,
+    count: Any = 0,
+) -> jax.Array:
     """The Lq penalty Ω(w) = (λ/q)·Σ|w|^q over the (masked) floating leaves.
 
-    This is the loss-side form of :func:`add_decayed_weights_q`: adding it to a
-    loss and differentiating gives the same update the transform adds.
+    The loss-side form of :func:`add_decayed_weights_q`, with its signature and
+    ``params`` in front: adding it to a loss and differentiating gives the
+    update the transform adds (for q < 1 the transform floors |w| at ``eps``;
+    at w = 0 both give 0).
 
     Args:
       params: any pytree of arrays.
-      q: exponent, q > 0.
-      weight_decay: λ >= 0 (float or 0-d array).
-      mask: optax-style mask (pytree of bools or callable); masked-out leaves
-        contribute nothing.
+      weight_decay: λ >= 0: a float, a 0-d array or an optax schedule
+        (evaluated at ``count``).
+      q: exponent q > 0 (static).
+      mask: optax-style mask (pytree of bools, or a function of the params);
+        masked-out leaves contribute nothing.
+      count: the step at which a schedule ``weight_decay`` is evaluated (the
+        transform's k-th update uses ``schedule(k)``).
 
     Returns:
-      A float32 (or float64) scalar.
+      A scalar in the params' compute dtype (float32, or float64 under x64).
+
+    Example:
+      >>> import jax.numpy as jnp, optreg
+      >>> float(optreg.lq_penalty({"w": jnp.array([3.0, -4.0])}, weight_decay=0.1, q=2.0))
+      1.25
 
     References:
-      Goodfellow, Bengio, Courville, *Deep Learning*, §7.1 (parameter norm penalties), 2016.
+      Goodfellow, Bengio & Courville, *Deep Learning*, MIT Press 2016, §7.1 (parameter norm penalties).
+      Bishop & Bishop, *Deep Learning: Foundations and Concepts*, Springer 2024, §9.2 (Σ|w|^q regularizers).
     """
     q = check_exponent(q)
-    check_penalty_strength(weight_decay, "weight_decay")
+    _hyper.check_hyperparameter(weight_decay, "weight_decay")
     _tree.check_real(params)
     selected = _tree.resolve_mask(mask, params)
     total = jnp.zeros([], jnp.float32)
     for leaf, chosen in zip(jax.tree.leaves(params), selected, strict=True):
         if chosen and _tree.is_floating(leaf):
-            leaf = jnp.asarray(leaf)
-            magnitude = jnp.abs(leaf.astype(compute_dtype(leaf.dtype)))
-            total = total + jnp.sum(magnitude**q)
-    return jnp.asarray(weight_decay) / q * total
+            total = total + _safe_power_sum(jnp.asarray(leaf), q)
+    return _hyper.penalty_value(weight_decay, count).astype(total.dtype) / q * total
 
 
-def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEFAULT_EPS) -> jax.Array:
+def lq_gradient(params: Any, weight_decay: Any, q: float = 2.0, *, eps: float = DEFAULT_EPS) -> jax.Array:
     """∂/∂w of (λ/q)·Σ|w|^q, elementwise: λ·sign(w)·|w|^(q−1), made safe.
 
     * At w = 0 the value is 0 for every q (the subgradient of smallest norm for
@@ -93,6 +111,14 @@ def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEF
 
     Returns:
       Array with the dtype and shape of ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, optreg
+      >>> [round(g, 4) for g in optreg.lq_gradient(jnp.array([-2.0, 0.0, 4.0]), 0.5, q=1.5).tolist()]
+      [-0.7071, 0.0, 1.0]
+
+    References:
+      Bishop & Bishop, *Deep Learning: Foundations and Concepts*, Springer 2024, §9.2.
     """
     params = jnp.asarray(params)
     dtype = params.dtype
@@ -127,6 +153,7 @@ def lq_gradient(params: jax.Array, weight_decay: Any, q: float, eps: float = DEF
 def add_decayed_weights_q(
     weight_decay: Hyperparameter = 0.0,
     q: float = 2.0,
+    *,
     mask: Mask = None,
     eps: float = DEFAULT_EPS,
 ) -> optax.GradientTransformation:
@@ -157,7 +184,16 @@ def add_decayed_weights_q(
       ValueError, TypeError: at construction for q <= 0, non-number q, negative /
         NaN / inf λ, non-scalar λ; at ``init`` for a mask that does not fit the params.
 
+    Example:
+      >>> import jax.numpy as jnp, optax, optreg
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = optax.chain(optreg.add_decayed_weights_q(0.1, q=2.0), optax.sgd(1.0))
+      >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+      >>> updates["w"].tolist()  # −lr·λ·w
+      [-0.10000000149011612, 0.20000000298023224]
+
     References:
+      Krogh & Hertz, "A simple weight decay can improve generalization", NeurIPS 1992.
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
       Frank & Friedman, "A statistical view of some chemometrics regression tools", 1993 (bridge / Lq penalties).
     """
@@ -166,6 +202,6 @@ def add_decayed_weights_q(
     return elementwise_transform(
         "add_decayed_weights_q",
         {"weight_decay": weight_decay},
-        lambda u, w, values: u + lq_gradient(w, values["weight_decay"], q, eps).astype(u.dtype),
+        lambda u, w, values: u + lq_gradient(w, values["weight_decay"], q, eps=eps).astype(u.dtype),
         mask,
     )

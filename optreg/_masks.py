@@ -30,7 +30,32 @@ def decay_mask(params: Any) -> Any:
 
     Returns:
       A pytree of Python bools with the structure of ``params``.
+
+    Raises:
+      TypeError: when called with a step count instead of params, which is what
+        ``optax.inject_hyperparams`` does to a function it takes for a schedule:
+        list the mask in ``static_args``.
+
+    Example:
+      >>> import jax.numpy as jnp, optreg
+      >>> optreg.decay_mask({"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}})
+      {'Dense_0': {'bias': False, 'kernel': True}}
+
+    References:
+      Zhang, Lipton, Li & Smola, *Dive into Deep Learning*, §3.7 (the bias is usually not regularized).
     """
+    leaves = jax.tree.leaves(params)
+    if (
+        jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(params))
+        and len(leaves) == 1
+        and np.ndim(leaves[0]) == 0
+        and np.issubdtype(getattr(leaves[0], "dtype", np.asarray(leaves[0]).dtype), np.integer)
+    ):
+        raise TypeError(
+            "decay_mask was called with a scalar integer (a step count), not the params. optax.inject_hyperparams "
+            "takes every function argument for a schedule: list the mask in static_args, e.g. "
+            "optax.inject_hyperparams(optreg.per_layer_decay, static_args=('q', 'weight_decays', 'mask'))."
+        )
 
     def decide(path: tuple, leaf: Any) -> bool:
         names = path_to_string(path).split("/")

@@ -1,6 +1,7 @@
-"""Explicit weight sharing: user-given groups, each pulled toward its shared value (seed 002's example).
+"""Explicit weight sharing: user-given groups, each pulled toward its shared value.
 
-With group labels g(i) and shared values μ_g, seed 002's penalty is
+With group labels g(i) and shared values μ_g, the hard-assignment case of
+Nowlan & Hinton's (1992) soft weight sharing is the penalty
 
     Ω(w) = λ · Σ_g Σ_{i ∈ g} (w_i − μ_g)²,
 
@@ -13,6 +14,7 @@ assignments see :func:`optreg.soft_share_prior`.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -21,30 +23,39 @@ import numpy as np
 import optax
 
 from optreg import _hyper, _tree
-from optreg._checks import require_params
+from optreg._checks import renamed, require_params
 from optreg._hyper import Hyperparameter
 
 
 def _resolve_groups(groups: Any, params: Any) -> list[Optional[np.ndarray]]:
-    """One int array (the leaf's shape) or None (no group) per leaf of ``params``."""
-    treedef: Any = jax.tree_util.tree_structure(params)
+    """One int array (the leaf's shape) or None (no group) per leaf of ``params``.
+
+    ``params`` may have empty subtrees where ``groups`` has a leaf (``optax.masked``
+    and ``optax.partition`` hand the inner transform ``MaskedNode`` there).
+    """
+    labelled, structure = jax.tree_util.tree_flatten_with_path(groups, is_leaf=lambda x: x is None)
+    label_def: Any = structure  # jax's PyTreeDef is untyped for mypy
     try:
-        labels = treedef.flatten_up_to(groups)
+        parts = label_def.flatten_up_to(params)
     except (ValueError, TypeError) as error:
         raise ValueError(
             "groups must have the params' structure, with an int array of each leaf's shape (labels 0..G−1, "
             f"−1 = no group) or None per leaf.\nparams paths: {_tree.leaf_paths(params)}\n{error}"
         ) from error
     out: list[Optional[np.ndarray]] = []
-    for path, leaf, label in zip(_tree.leaf_paths(params), jax.tree.leaves(params), labels):
+    for (label_path, label), part in zip(labelled, parts):
+        flat = jax.tree_util.tree_flatten_with_path(part)[0]
+        if not flat:
+            continue  # a masked-out (empty) part of the params
         if label is None:
-            out.append(None)
+            out.extend([None] * len(flat))
             continue
         array = np.asarray(label)
+        path = _tree.path_to_string(tuple(label_path) + tuple(flat[0][0]))
         if not np.issubdtype(array.dtype, np.integer):
             raise TypeError(f"groups at {path!r} must hold integer labels, got dtype {array.dtype}.")
-        if array.shape != np.shape(leaf):
-            raise ValueError(f"groups at {path!r} has shape {array.shape}, the parameter has {np.shape(leaf)}.")
+        if len(flat) != 1 or array.shape != np.shape(flat[0][1]):
+            raise ValueError(f"groups at {path!r} has shape {array.shape}, the parameter has {np.shape(flat[0][1])}.")
         out.append(array)
     return out
 
@@ -122,20 +133,48 @@ def _check_shared_values(shared_values: Any, num_groups: int) -> None:
         )
 
 
-def group_share_penalty(params: Any, groups: Any, strength: Any = 1.0, shared_values: Any = None) -> jax.Array:
+def _check_order(weight_decay: Any, groups: Any, function: str) -> None:
+    """The old order (params, groups, strength) put the labels where λ now goes: say so."""
+    if not isinstance(weight_decay, (numbers.Real, np.generic, jax.Array)) and not _tree.is_function(weight_decay):
+        raise TypeError(
+            f"{function}: weight_decay must be a number, a 0-d array or a schedule, got {type(weight_decay).__name__}. "
+            f"The order is {function}(params, weight_decay, groups, ...) (strengths before the groups), "
+            "as in share_within_groups(weight_decay, groups)."
+        )
+
+
+@renamed(strength="weight_decay")
+def group_share_penalty(
+    params: Any, weight_decay: Hyperparameter, groups: Any, *, shared_values: Any = None, count: Any = 0
+) -> jax.Array:
     """Ω = λ·Σ_g Σ_{i ∈ g} (w_i − μ_g)², μ_g = ``shared_values[g]`` or the group's mean.
+
+    The loss-side form of :func:`share_within_groups`, with its signature and
+    ``params`` in front.
 
     Args:
       params: any pytree of arrays.
+      weight_decay: λ >= 0: float, 0-d array or schedule (evaluated at ``count``).
       groups: the params' structure with an int array of each leaf's shape
         (labels 0..G−1, −1 = not grouped) or None (leaf not grouped).
         Labels are global: label 3 in two leaves is one group.
-      strength: λ >= 0.
       shared_values: optional (G,) array of fixed shared values μ_g.
+      count: the step at which a schedule is evaluated.
+
+    Returns:
+      A float32 scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, optreg
+      >>> params = {"w": jnp.array([1.0, 3.0, 10.0, 14.0])}
+      >>> float(optreg.group_share_penalty(params, 0.5, {"w": np.array([0, 0, 1, 1])}))
+      5.0
 
     References:
       Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992 (§1).
     """
+    _check_order(weight_decay, groups, "group_share_penalty")
+    _hyper.check_hyperparameter(weight_decay, "weight_decay")
     num_groups = _check_groups(groups)
     _check_shared_values(shared_values, num_groups)
     labels = _resolve_groups(groups, params)
@@ -143,7 +182,7 @@ def group_share_penalty(params: Any, groups: Any, strength: Any = 1.0, shared_va
     for pull in _pulls(params, labels, _group_sizes(params, labels, num_groups), shared_values):
         if pull is not None:
             total = total + jnp.sum(pull * pull)
-    return jnp.asarray(strength, jnp.float32) * total
+    return _hyper.penalty_value(weight_decay, count).astype(jnp.float32) * total
 
 
 class GroupState(NamedTuple):
@@ -159,17 +198,14 @@ class GroupState(NamedTuple):
     labels: Any
 
 
+@renamed(strength="weight_decay")
 def share_within_groups(
-    strength: Hyperparameter, groups: Any, shared_values: Any = None
+    weight_decay: Hyperparameter, groups: Any, *, shared_values: Any = None
 ) -> optax.GradientTransformation:
     """Adds 2λ(w_i − μ_g(i)), the gradient of :func:`group_share_penalty`, to the updates.
 
-    Seed 002's example, four weights in two groups::
-
-        tx = optax.chain(optreg.share_within_groups(0.1, {"w": np.array([0, 0, 1, 1])}), optax.sgd(lr))
-
     Args:
-      strength: λ >= 0: float, 0-d array or optax schedule.
+      weight_decay: λ >= 0: float, 0-d array or optax schedule.
       groups: int labels per weight with the params' structure (see
         :func:`group_share_penalty`); they are static (checked at construction).
       shared_values: optional fixed (G,) shared values; default: each group's
@@ -181,10 +217,21 @@ def share_within_groups(
       params, so ``optax.tree_utils.tree_map_params`` and FSDP rules shard them
       like the params); ``update`` requires ``params``.
 
+    Example:
+      Four weights in two groups, each pulled towards its group's mean:
+
+      >>> import jax.numpy as jnp, numpy as np, optax, optreg
+      >>> params = {"w": jnp.array([1.0, 3.0, 10.0, 14.0])}
+      >>> tx = optreg.share_within_groups(0.5, {"w": np.array([0, 0, 1, 1])})
+      >>> updates, _ = tx.update({"w": jnp.zeros(4)}, tx.init(params), params)
+      >>> updates["w"].tolist()  # 2λ(w − μ_g)
+      [-1.0, 1.0, -2.0, 2.0]
+
     References:
       Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
     """
-    _hyper.check_hyperparameter(strength, "strength")
+    _check_order(weight_decay, groups, "share_within_groups")
+    _hyper.check_hyperparameter(weight_decay, "weight_decay")
     num_groups = _check_groups(groups)
     _check_shared_values(shared_values, num_groups)
     dtype = _label_dtype(num_groups)
@@ -206,14 +253,13 @@ def share_within_groups(
         static = _resolve_groups(groups, params)
         traced = _tree.flatten_like(jax.tree_util.tree_structure(params), state.labels, "the state's labels")
         labels = [None if label is None else leaf for label, leaf in zip(static, traced)]
-        lam = _hyper.value_at(strength, state.count)
+        lam = _hyper.value_at(weight_decay, state.count)
         pulls = _pulls(params, labels, _group_sizes(params, static, num_groups), shared_values)
-        leaves, treedef = jax.tree_util.tree_flatten(updates)
-        out = [
-            u if pull is None else (u + (2.0 * lam * pull).astype(u.dtype)).astype(u.dtype)
-            for u, pull in zip(leaves, pulls)
-        ]
+
+        def add(update: jax.Array, weight: jax.Array, value: jax.Array) -> jax.Array:
+            return (update + (2.0 * lam * value).astype(update.dtype)).astype(update.dtype)
+
         next_state = GroupState(optax.safe_int32_increment(state.count), state.labels)
-        return jax.tree_util.tree_unflatten(treedef, out), next_state
+        return _tree.map_selected(add, pulls, updates, params), next_state
 
     return optax.GradientTransformation(init_fn, update_fn)
