@@ -21,7 +21,13 @@ PENALTY_OF = {
     "add_elastic_net": "elastic_net_penalty",
     "per_layer_decay": "per_layer_penalty",
     "share_within_groups": "group_share_penalty",
+    "decay_towards": "decay_towards_penalty",
+    "add_orthogonal_decay": "orthogonal_penalty",
+    "add_spectral_decay": "spectral_penalty",
 }
+#: Options of a transform that its penalty has no use for: the floor on |w|^(q−1), and the power
+#: iteration's settings (the penalty computes σ_max exactly).
+TRANSFORM_ONLY = {"eps", "num_iterations", "seed"}
 
 
 def public_factories() -> list[str]:
@@ -50,14 +56,18 @@ def test_penalty_mirrors_its_transform(transform: str, penalty: str) -> None:
     positional = [p.name for p in tx_parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     assert [p.name for p in penalty_parameters[1:1 + len(positional)]] == positional
     for parameter in tx_parameters:
-        if parameter.name == "eps":
-            continue  # the transform's floor on |w|^(q−1); the penalty itself needs none
+        if parameter.name in TRANSFORM_ONLY:
+            continue
         assert parameter.name in rest, (penalty, parameter.name)
         assert rest[parameter.name].kind == parameter.kind, (penalty, parameter.name)
         assert rest[parameter.name].default == parameter.default, (penalty, parameter.name)
 
 
-@pytest.mark.parametrize("transform,penalty", sorted(PENALTY_OF.items()))
+EXACT_PENALTIES = sorted((t, p) for t, p in PENALTY_OF.items() if t != "add_spectral_decay")  # spectral: power
+# iteration, one step per update, converges to the penalty's gradient (tests/test_spectral.py)
+
+
+@pytest.mark.parametrize("transform,penalty", EXACT_PENALTIES)
 def test_penalty_evaluates_a_schedule_at_count_like_the_transform(transform: str, penalty: str) -> None:
     params = {"kernel": jnp.asarray([[1.0, -2.0], [0.5, 3.0]])}
     schedule = optax.linear_schedule(0.0, 1.0, 4)
@@ -66,6 +76,8 @@ def test_penalty_evaluates_a_schedule_at_count_like_the_transform(transform: str
         "add_elastic_net": ((schedule, schedule), {}),
         "per_layer_decay": (({"kernel": schedule},), {}),
         "share_within_groups": ((schedule, {"kernel": np.array([[0, 1], [0, 1]])}), {}),
+        "decay_towards": (({"kernel": jnp.asarray([[0.5, 0.5], [-1.0, 2.0]])}, schedule), {}),
+        "add_orthogonal_decay": ((schedule,), {}),
     }[transform]
     tx = getattr(optreg, transform)(*arguments[0], **arguments[1])
     state = tx.init(params)

@@ -203,7 +203,14 @@ def transforms_for_mixed_leaves() -> list[tuple[str, optax.GradientTransformatio
         ("proximal_elastic_net", optreg.proximal_elastic_net(1.0, 0.5, 0.5)),
         ("project_lq_ball", optreg.project_lq_ball(0.5, q=2.0)),
         ("soft_share_prior", optreg.soft_share_prior(0.5, 3, mode="exact")),
-        ("share_within_groups", optreg.share_within_groups(0.5, {"w": np.array([0, 0]), "steps": None, "flag": None})),
+        ("share_within_groups",
+         optreg.share_within_groups(0.5, {"w": np.array([[0, 0]]), "steps": None, "flag": None})),
+        ("add_cautious_weight_decay", optreg.add_cautious_weight_decay(0.5)),
+        ("decay_towards", optreg.decay_towards(
+            {"w": jnp.zeros((1, 2)), "steps": jnp.zeros(2, jnp.int32), "flag": jnp.asarray(False)}, 0.5)),
+        ("independent_weight_decay", optreg.independent_weight_decay(0.5)),
+        ("add_orthogonal_decay", optreg.add_orthogonal_decay(0.5)),
+        ("add_spectral_decay", optreg.add_spectral_decay(0.5)),
     ]
 
 
@@ -215,8 +222,8 @@ def test_the_mixed_leaves_table_covers_the_registry():
 
 @pytest.mark.parametrize("name, tx", transforms_for_mixed_leaves(), ids=lambda x: x if isinstance(x, str) else "")
 def test_integer_and_bool_leaves_pass_through_unchanged(name, tx):
-    params = {"w": jnp.asarray([1.0, -2.0]), "steps": jnp.asarray([3, 4], jnp.int32), "flag": jnp.asarray(True)}
-    updates = {"w": jnp.asarray([0.5, 0.5]), "steps": jnp.asarray([7, 8], jnp.int32), "flag": jnp.asarray(False)}
+    params = {"w": jnp.asarray([[1.0, -2.0]]), "steps": jnp.asarray([3, 4], jnp.int32), "flag": jnp.asarray(True)}
+    updates = {"w": jnp.asarray([[0.5, 0.5]]), "steps": jnp.asarray([7, 8], jnp.int32), "flag": jnp.asarray(False)}
     out, _ = jax.jit(tx.update)(updates, tx.init(params), params)  # jit: eager soft sharing takes ~10 s
     assert np.array_equal(out["steps"], updates["steps"])
     assert out["steps"].dtype == jnp.int32 and out["flag"].dtype == jnp.bool_
