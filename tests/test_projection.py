@@ -12,7 +12,8 @@ import pytest
 from scipy.optimize import minimize
 
 import optreg
-from optreg.projection import bisection_projection
+from optreg._lq_ball import bisection_projection
+from optreg.projections import projection_lq_ball
 
 OPTAX_BALLS = {
     1.0: optax.projections.projection_l1_ball,
@@ -82,7 +83,7 @@ def test_other_q_matches_scipy_slsqp(q):
         radius = 1.0 + trial
         want = slsqp_projection(x, radius, q)
         with jax.enable_x64(True):
-            got = np.asarray(optreg.projection_lq_ball(jnp.asarray(x), radius, q))
+            got = np.asarray(projection_lq_ball(jnp.asarray(x), radius, q))
         np.testing.assert_allclose(got, want, atol=1e-6)
         assert np.sum(np.abs(got) ** q) <= radius**q * (1 + 1e-12)
 
@@ -90,13 +91,13 @@ def test_other_q_matches_scipy_slsqp(q):
 def test_inside_the_ball_nothing_changes_and_radius_zero_gives_zeros():
     tree = random_tree(4, scale=0.1)
     for q in (1.0, 1.5, 2.0, 3.0, math.inf):
-        inside = optreg.projection_lq_ball(tree, 1e3, q)
+        inside = projection_lq_ball(tree, 1e3, q)
         for g, w in zip(jax.tree.leaves(inside), jax.tree.leaves(tree)):
             np.testing.assert_array_equal(g, w)
-        collapsed = optreg.projection_lq_ball(tree, 0.0, q)
+        collapsed = projection_lq_ball(tree, 0.0, q)
         for leaf in jax.tree.leaves(collapsed):
             np.testing.assert_array_equal(leaf, 0.0)
-        zeros = optreg.projection_lq_ball(jax.tree.map(jnp.zeros_like, tree), 0.0, q)
+        zeros = projection_lq_ball(jax.tree.map(jnp.zeros_like, tree), 0.0, q)
         assert not any(np.any(np.isnan(leaf)) for leaf in jax.tree.leaves(zeros))
 
 
@@ -176,13 +177,13 @@ def test_vmap_over_parameter_vectors(q):
     vectors = vectors.at[3].multiply(1e-25)  # q = 2: Σw² underflows, the overflow-safe branch for this row only
     batched = jax.vmap(lambda w: tx.update(jnp.zeros_like(w), tx.init(w), w)[0])(vectors)
     for row in range(5):
-        one = optreg.projection_lq_ball(vectors[row], 1.0, q)
+        one = projection_lq_ball(vectors[row], 1.0, q)
         np.testing.assert_allclose(vectors[row] + batched[row], one, rtol=1e-5, atol=1e-6)
     # the function itself also where the row is shrunk (w + (P(w) − w) would round P(w) away at 1e25)
     vectors = vectors.at[4].multiply(1e25)
-    batched = jax.vmap(lambda w: optreg.projection_lq_ball(w, 1.0, q))(vectors)
+    batched = jax.vmap(lambda w: projection_lq_ball(w, 1.0, q))(vectors)
     for row in range(5):
-        np.testing.assert_allclose(batched[row], optreg.projection_lq_ball(vectors[row], 1.0, q), rtol=1e-5, atol=0)
+        np.testing.assert_allclose(batched[row], projection_lq_ball(vectors[row], 1.0, q), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1.0, 1e25])
@@ -195,7 +196,7 @@ def test_l2_projection_differentiates_like_optax(scale):
 
     # P is 1-homogeneous: with x = scale·u, d/dx of sin(P(x)/scale) is d/du of sin(P(u)), over scale.
     # optax's squared norm under- or overflows at 1e±30, so its gradient comes from the unit case.
-    ours = jax.grad(loss(lambda t: optreg.projection_lq_ball(t, 0.5 * scale, 2.0), scale))(tree)
+    ours = jax.grad(loss(lambda t: projection_lq_ball(t, 0.5 * scale, 2.0), scale))(tree)
     unit = jax.tree.map(lambda x: x / scale, tree)
     theirs = jax.grad(loss(lambda t: optax.projections.projection_l2_ball(t, 0.5), 1.0))(unit)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
@@ -215,7 +216,7 @@ def test_l2_projection_at_the_ends_of_float32(values, radius):
     largest = np.abs(x).max()
     norm = largest * np.sqrt(np.sum((x / largest) ** 2))
     expected = x * min(1.0, radius / norm)
-    got = optreg.projection_lq_ball({"w": jnp.asarray(values, jnp.float32)}, radius, 2.0)["w"]
+    got = projection_lq_ball({"w": jnp.asarray(values, jnp.float32)}, radius, 2.0)["w"]
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=4e-7, atol=1e-45)
 
 
@@ -244,7 +245,7 @@ def test_bad_arguments_raise_at_construction():
     with pytest.raises(TypeError, match="per_leaf"):
         optreg.project_lq_ball(1.0, 2.0, per_leaf="yes")
     with pytest.raises(TypeError, match="radius"):
-        optreg.projection_lq_ball(jnp.ones(3), lambda count: 1.0, 2.0)
+        projection_lq_ball(jnp.ones(3), lambda count: 1.0, 2.0)
     with pytest.raises(ValueError, match="params"):
         tx = optreg.project_lq_ball(1.0, 2.0)
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
@@ -272,7 +273,7 @@ def test_l1_threshold_iteration_as_accurate_as_optax_sort(seed):
     tolerance = 8 * np.finfo(np.float32).eps * np.abs(x).max()
     for radius in (1e-3, 1.0, 37.0, float(np.abs(x).sum()) * 0.999):
         reference = l1_projection_float64(x, radius)
-        ours = optreg.projection_lq_ball(tree, radius, 1.0)
+        ours = projection_lq_ball(tree, radius, 1.0)
         for projected in (ours, optax.projections.projection_l1_ball(tree, radius)):
             flat = np.concatenate([np.ravel(projected["a"]), np.ravel(projected["b"])])
             np.testing.assert_allclose(flat, reference, rtol=0, atol=tolerance)

@@ -11,7 +11,8 @@ import pytest
 from scipy.optimize import brentq
 
 import optreg
-from optreg import prox as prox_module
+from optreg._prox_roots import newton_root
+from optreg.prox import prox_elastic_net, prox_group_lasso, prox_lq, tree_prox_lq
 
 BRUTE_FORCE_Q = [0.0, 0.5, 2.0 / 3.0, 1.0, 1.5, 2.0, 3.0, 0.3, 1.3, 2.5]
 X_VALUES = np.concatenate([np.linspace(-4.0, 4.0, 33), [0.0, 1e-3, -1e-3, 7.5]])
@@ -30,7 +31,7 @@ def test_prox_lq_is_the_grid_minimiser(q):
     xs, ss = np.meshgrid(X_VALUES, SCALES)
     x32 = np.asarray(jnp.asarray(xs.ravel(), jnp.float32), np.float64)
     s = ss.ravel()
-    got = np.asarray(optreg.prox_lq(jnp.asarray(x32, jnp.float32), jnp.asarray(s, jnp.float32), q), np.float64)
+    got = np.asarray(prox_lq(jnp.asarray(x32, jnp.float32), jnp.asarray(s, jnp.float32), q), np.float64)
     # Grid z = t·x, t ∈ [−0.2, 1.2] (holds 0 and x exactly); spacing <= 1.4·|x|/24000.
     t = np.concatenate([np.linspace(-0.2, 1.2, 24001), [0.0, 1.0]])
     grid = t[None, :] * x32[:, None]
@@ -70,8 +71,8 @@ def test_prox_lq_matches_scipy_root_in_float64(q):
     want = np.array([_stationary_root(ai, si, q) for ai, si in zip(a, s)])
     with jax.enable_x64(True):
         signs = np.where(rng.uniform(size=300) < 0.5, -1.0, 1.0)
-        got = np.asarray(optreg.prox_lq(jnp.asarray(signs * a), jnp.asarray(s), q))
-        generic = np.asarray(prox_module._newton_root(jnp.asarray(a), jnp.asarray(s), q))
+        got = np.asarray(prox_lq(jnp.asarray(signs * a), jnp.asarray(s), q))
+        generic = np.asarray(newton_root(jnp.asarray(a), jnp.asarray(s), q))
     np.testing.assert_allclose(np.abs(got), want, rtol=1e-11, atol=0)
     assert np.all(got * signs >= 0)
     # The generic Newton path agrees with the closed forms (q = ½, ⅔, 3/2, 3) and scipy alike.
@@ -84,7 +85,7 @@ def test_convex_prox_satisfies_optimality_conditions(q):
     with jax.enable_x64(True):
         x = rng.normal(scale=3.0, size=2000)
         s = np.exp(rng.uniform(-4, 2, 2000))
-        z = np.asarray(optreg.prox_lq(jnp.asarray(x), jnp.asarray(s), q))
+        z = np.asarray(prox_lq(jnp.asarray(x), jnp.asarray(s), q))
     if q == 1.0:
         # 0 ∈ z − x + s·∂|z|: |x| <= s where z = 0, z − x + s·sign(z) = 0 elsewhere.
         zero = z == 0
@@ -100,8 +101,8 @@ def test_prox_is_stationary_for_the_penalty_that_optreg_defines(q):
     # The loss-side penalty is the source of truth: ∇_z [½‖z − x‖² + lq_penalty(z, q, s)] = 0 at the prox.
     x = jnp.linspace(-3.0, 3.0, 13)
     s = 0.7
-    z = optreg.prox_lq(x, s, q)
-    gradient = jax.grad(lambda z: 0.5 * jnp.sum((z - x) ** 2) + optreg.lq_penalty(z, q, s))(z)
+    z = prox_lq(x, s, q)
+    gradient = jax.grad(lambda z: 0.5 * jnp.sum((z - x) ** 2) + optreg.lq_penalty(z, weight_decay=s, q=q))(z)
     np.testing.assert_allclose(gradient, 0.0, atol=2e-6)
 
 
@@ -131,8 +132,8 @@ def test_half_and_two_thirds_equal_the_papers_formulas_after_rescaling():
         half = xu_half_thresholding(x, 4 * s)
         two_thirds = cao_two_thirds_thresholding(x, 3 * s)
     with jax.enable_x64(True):
-        got_half = np.asarray(optreg.prox_lq(jnp.asarray(x), jnp.asarray(s), 0.5))
-        got_two_thirds = np.asarray(optreg.prox_lq(jnp.asarray(x), jnp.asarray(s), 2 / 3))
+        got_half = np.asarray(prox_lq(jnp.asarray(x), jnp.asarray(s), 0.5))
+        got_two_thirds = np.asarray(prox_lq(jnp.asarray(x), jnp.asarray(s), 2 / 3))
     assert np.mean(half == 0) > 0.1 and np.mean(half != 0) > 0.1
     np.testing.assert_allclose(got_half, half, rtol=1e-9, atol=0)
     np.testing.assert_allclose(got_two_thirds, two_thirds, rtol=1e-9, atol=0)
@@ -140,22 +141,22 @@ def test_half_and_two_thirds_equal_the_papers_formulas_after_rescaling():
 
 def test_thresholds_and_ties_pick_zero():
     # q = 0: hard threshold at √(2s); at the tie the sparser minimiser 0 is returned.
-    assert float(optreg.prox_lq(jnp.float32(2.0), 2.0, 0.0)) == 0.0
-    assert float(optreg.prox_lq(jnp.float32(2.0001), 2.0, 0.0)) == pytest.approx(2.0001)
+    assert float(prox_lq(jnp.float32(2.0), 2.0, 0.0)) == 0.0
+    assert float(prox_lq(jnp.float32(2.0001), 2.0, 0.0)) == pytest.approx(2.0001)
     # q = 1: soft threshold at s.
-    assert float(optreg.prox_lq(jnp.float32(1.0), 1.0, 1.0)) == 0.0
+    assert float(prox_lq(jnp.float32(1.0), 1.0, 1.0)) == 0.0
     # q = ½ (Xu et al. 2012, λ = 4s): threshold (3/2)(2s)^(2/3), jump to β = (2s)^(2/3) just above it.
     s = 1.0
     tau, beta = 1.5 * (2 * s) ** (2 / 3), (2 * s) ** (2 / 3)
     with jax.enable_x64(True):
-        assert float(optreg.prox_lq(jnp.float64(tau * (1 - 1e-9)), s, 0.5)) == 0.0
-        assert float(optreg.prox_lq(jnp.float64(tau * (1 + 1e-9)), s, 0.5)) == pytest.approx(beta, rel=1e-4)
+        assert float(prox_lq(jnp.float64(tau * (1 - 1e-9)), s, 0.5)) == 0.0
+        assert float(prox_lq(jnp.float64(tau * (1 + 1e-9)), s, 0.5)) == pytest.approx(beta, rel=1e-4)
     # q = ⅔ (Cao, Sun & Xu 2013, λ = 3s): threshold 2·s^(3/4), jump to β = s^(3/4).
     s = 0.5
     tau, beta = 2 * s**0.75, s**0.75
     with jax.enable_x64(True):
-        assert float(optreg.prox_lq(jnp.float64(tau * (1 - 1e-9)), s, 2 / 3)) == 0.0
-        assert float(optreg.prox_lq(jnp.float64(tau * (1 + 1e-9)), s, 2 / 3)) == pytest.approx(beta, rel=1e-4)
+        assert float(prox_lq(jnp.float64(tau * (1 - 1e-9)), s, 2 / 3)) == 0.0
+        assert float(prox_lq(jnp.float64(tau * (1 + 1e-9)), s, 2 / 3)) == pytest.approx(beta, rel=1e-4)
 
 
 EXTREMES = np.array([0.0, 1e-30, 1e-6, 0.5, 1.0, 3.0, 1e6, 1e30, 3e38], np.float32)
@@ -174,7 +175,7 @@ def test_hostile_values_no_nan_no_growth_no_sign_flip(dtype, q):
     xs = np.clip(xs, -float(info.max), float(info.max))
     ss = np.clip(ss, 0, float(info.max))
     inputs = jnp.asarray(xs, dtype)
-    out = optreg.prox_lq(inputs, jnp.asarray(ss, dtype), q)
+    out = prox_lq(inputs, jnp.asarray(ss, dtype), q)
     assert out.dtype == dtype and out.shape == inputs.shape
     got = np.asarray(out, np.float64)
     given = np.asarray(inputs, np.float64)
@@ -192,15 +193,15 @@ def test_jit_vmap_and_traced_scale_agree_with_eager():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(4, 7)), jnp.float32)
     for q in [0.5, 0.7]:
-        eager = optreg.prox_lq(x, 0.3, q)
-        jitted = jax.jit(lambda x, s, q=q: optreg.prox_lq(x, s, q))(x, jnp.float32(0.3))
-        mapped = jax.vmap(lambda row, q=q: optreg.prox_lq(row, 0.3, q))(x)
+        eager = prox_lq(x, 0.3, q)
+        jitted = jax.jit(lambda x, s, q=q: prox_lq(x, s, q))(x, jnp.float32(0.3))
+        mapped = jax.vmap(lambda row, q=q: prox_lq(row, 0.3, q))(x)
         np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(mapped, eager, rtol=1e-6, atol=1e-7)
     # An array of scales broadcasts against x.
     per_column = jnp.linspace(0.0, 1.0, 7)
     np.testing.assert_allclose(
-        optreg.prox_lq(x, per_column, 1.0),
+        prox_lq(x, per_column, 1.0),
         np.sign(x) * np.maximum(np.abs(x) - np.asarray(per_column), 0.0),
         rtol=1e-6,
         atol=1e-7,
@@ -209,7 +210,7 @@ def test_jit_vmap_and_traced_scale_agree_with_eager():
 
 def test_tree_prox_lq_maps_floating_leaves_only():
     tree = {"w": jnp.array([[0.5, -2.0]], jnp.bfloat16), "b": jnp.array([1.5, 0.2]), "step": jnp.array(3)}
-    out = optreg.tree_prox_lq(tree, 0.5, 1.0)
+    out = tree_prox_lq(tree, 0.5, 1.0)
     np.testing.assert_array_equal(np.asarray(out["w"], np.float32), [[0.0, -1.5]])
     np.testing.assert_allclose(out["b"], [1.0, 0.0])
     assert out["w"].dtype == jnp.bfloat16 and out["step"] is tree["step"]
@@ -218,18 +219,18 @@ def test_tree_prox_lq_maps_floating_leaves_only():
 def test_prox_elastic_net_is_the_grid_minimiser():
     for x in np.linspace(-3, 3, 25):
         for l1, l2 in [(0.0, 0.0), (0.5, 0.0), (0.0, 1.5), (0.7, 0.3), (2.0, 4.0)]:
-            z = float(optreg.prox_elastic_net(jnp.float32(x), l1, l2))
+            z = float(prox_elastic_net(jnp.float32(x), l1, l2))
             grid = np.linspace(-3.5, 3.5, 70001)
             values = 0.5 * (grid - x) ** 2 + l1 * np.abs(grid) + 0.5 * l2 * grid**2
             assert abs(z - grid[np.argmin(values)]) <= 2e-4, (x, l1, l2, z)
     # Exact zeros below the L1 threshold, half precision kept.
-    out = optreg.prox_elastic_net(jnp.array([0.3, -0.3, 2.0], jnp.bfloat16), 0.5, 1.0)
+    out = prox_elastic_net(jnp.array([0.3, -0.3, 2.0], jnp.bfloat16), 0.5, 1.0)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(out, np.float32), [0.0, 0.0, 0.75])
     # On the support, ∇ [½‖z − x‖² + elastic_net_penalty(z, l1, l2)] = 0; off it |x| <= l1.
     x = jnp.linspace(-3.0, 3.0, 13)
-    z = optreg.prox_elastic_net(x, 0.4, 1.5)
-    gradient = jax.grad(lambda z: 0.5 * jnp.sum((z - x) ** 2) + optreg.elastic_net_penalty(z, 0.4, 1.5))(z)
+    z = prox_elastic_net(x, 0.4, 1.5)
+    gradient = jax.grad(lambda z: 0.5 * jnp.sum((z - x) ** 2) + optreg.elastic_net_penalty(z, l1=0.4, l2=1.5))(z)
     np.testing.assert_allclose(np.asarray(gradient)[np.asarray(z) != 0], 0.0, atol=2e-6)
     assert np.all(np.abs(np.asarray(x)[np.asarray(z) == 0]) <= 0.4)
 
@@ -237,7 +238,7 @@ def test_prox_elastic_net_is_the_grid_minimiser():
 def test_prox_group_lasso_matches_2d_brute_force_per_row():
     x = np.array([[0.3, -0.2], [1.5, 2.0], [-0.9, 0.4], [0.0, 0.0]], np.float32)
     s = 0.8
-    z = np.asarray(optreg.prox_group_lasso(jnp.asarray(x), s, axis=-1))
+    z = np.asarray(prox_group_lasso(jnp.asarray(x), s, axis=-1))
     axis = np.linspace(-2.5, 2.5, 501)
     g0, g1 = np.meshgrid(axis, axis, indexing="ij")
     for row, got in zip(x, z):
@@ -248,27 +249,28 @@ def test_prox_group_lasso_matches_2d_brute_force_per_row():
     np.testing.assert_array_equal(z[[0, 3]], 0.0)
 
 
-def test_prox_group_lasso_per_leaf_on_a_pytree():
-    tree = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[0.1, 0.1]]), "n": jnp.array([7])}
-    out = optreg.prox_group_lasso(tree, 1.0)
-    # ‖a‖ = 5: shrunk by 1 − 1/5; ‖b‖ < 1: zero; integer leaf untouched.
+def test_prox_group_lasso_without_axis_takes_the_whole_tree_as_one_group():
+    # As jaxopt's prox_group_lasso: ‖x‖ over all leaves = ‖(3, 4, 0, 0)‖ = 5, shrunk by 1 − 1/5.
+    tree = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[0.0, 0.0]]), "n": jnp.array([7])}
+    out = prox_group_lasso(tree, 1.0)
     np.testing.assert_allclose(out["a"], [2.4, 3.2], rtol=1e-6)
     np.testing.assert_array_equal(out["b"], 0.0)
     assert out["n"] is tree["n"]
+    np.testing.assert_array_equal(prox_group_lasso(tree, 5.0)["a"], 0.0)  # ties go to zero
     cube = jnp.ones((2, 3, 4))
-    np.testing.assert_allclose(optreg.prox_group_lasso(cube, 1.0, axis=(1, 2)), (1 - 1 / math.sqrt(12)) * cube)
+    np.testing.assert_allclose(prox_group_lasso(cube, 1.0, axis=(1, 2)), (1 - 1 / math.sqrt(12)) * cube)
 
 
 def test_bad_arguments_raise_with_the_name():
     with pytest.raises(ValueError, match="q"):
-        optreg.prox_lq(jnp.ones(2), 1.0, -1.0)
+        prox_lq(jnp.ones(2), 1.0, -1.0)
     with pytest.raises(ValueError, match="scale"):
-        optreg.prox_lq(jnp.ones(2), -0.1, 1.0)
+        prox_lq(jnp.ones(2), -0.1, 1.0)
     with pytest.raises(TypeError, match="x must be a real floating"):
-        optreg.prox_lq(jnp.ones(2, jnp.int32), 0.1, 1.0)
+        prox_lq(jnp.ones(2, jnp.int32), 0.1, 1.0)
     with pytest.raises(TypeError, match="static"):
-        optreg.prox_lq(jnp.ones(2), 0.1, jnp.float32(1.0))
+        prox_lq(jnp.ones(2), 0.1, jnp.float32(1.0))
     with pytest.raises(ValueError, match="l2_scale"):
-        optreg.prox_elastic_net(jnp.ones(2), 0.1, float("nan"))
+        prox_elastic_net(jnp.ones(2), 0.1, float("nan"))
     with pytest.raises(TypeError, match="axis"):
-        optreg.prox_group_lasso(jnp.ones(2), 0.1, axis="rows")
+        prox_group_lasso(jnp.ones(2), 0.1, axis="rows")

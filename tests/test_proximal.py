@@ -11,6 +11,7 @@ from sklearn.datasets import load_diabetes, load_digits
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 
 import optreg
+from optreg.prox import prox_lq
 
 
 def soft_threshold(x, s):
@@ -191,7 +192,7 @@ def test_vmap_over_a_batch_of_parameter_vectors():
     for row in range(6):
         one, _ = tx.update(updates[row], tx.init(weights[row]), weights[row])
         np.testing.assert_allclose(batched[row], one, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(weights + batched, optreg.prox_lq(weights + updates, 0.2, 0.5), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(weights + batched, prox_lq(weights + updates, 0.2, 0.5), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("q", [0.0, 0.5, 2.0 / 3.0, 1.0, 1.5])
