@@ -205,7 +205,8 @@ def project(projection: Callable[[Any], Any], *, mask: Mask = None) -> optax.Gra
     constraints without being rewritten::
 
         optax.chain(optax.adam(lr), optreg.project(optax.projections.projection_non_negative))
-        optax.chain(optax.adam(lr), optreg.project(lambda w: optax.projections.projection_box(w, -1.0, 1.0)))
+        box = lambda w: optax.projections.projection_box(w, optax.tree.full_like(w, -1.0), optax.tree.full_like(w, 1.0))
+        optax.chain(optax.adam(lr), optreg.project(box))
         optax.chain(optax.adam(lr), optreg.project(optax.projections.projection_simplex, mask=weights_only))
 
     The function sees the selected floating leaves (after the step) at once:

@@ -11,11 +11,15 @@ labels); ``placement`` says where the transform goes in a chain:
 * ``"decoupled"``: between ``optax.scale_by_adam()`` and
   ``optax.scale_by_learning_rate(lr)`` (AdamW's placement);
 * ``"last"``: after the learning rate, acting on the step itself (proximal,
-  projected and learning-rate-independent updates).
+  projected and learning-rate-independent updates);
+* ``"rate"``: in the place of ``optax.scale_by_learning_rate(lr)``, after the
+  preconditioner (it applies the learning rate itself), e.g.
+  ``optax.chain(optax.scale_by_adam(), scale_by_learning_rate_and_prox(lr, prox))``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,6 +58,11 @@ def _group_labels(params: Any) -> Any:
     )
 
 
+def _box(tree: Any) -> Any:
+    """optax's box projection onto [-1, 1] (the typical instance of ``project``)."""
+    return optax.projections.projection_box(tree, optax.tree.full_like(tree, -1.0), optax.tree.full_like(tree, 1.0))
+
+
 TRANSFORMS: tuple[Entry, ...] = (
     Entry("add_decayed_weights_q", lambda p: _optreg("add_decayed_weights_q")(1e-4, 2.0), "before"),
     Entry("add_elastic_net", lambda p: _optreg("add_elastic_net")(1e-5, 1e-4), "before"),
@@ -64,6 +73,11 @@ TRANSFORMS: tuple[Entry, ...] = (
     Entry("proximal_lq", lambda p: _optreg("proximal_lq")(LEARNING_RATE, 1e-4, 1.0), "last"),
     Entry("proximal_elastic_net", lambda p: _optreg("proximal_elastic_net")(LEARNING_RATE, 1e-5, 1e-4), "last"),
     Entry("project_lq_ball", lambda p: _optreg("project_lq_ball")(1e3, 2.0), "last", elementwise=False),
+    Entry("proximal_group_lasso",
+          lambda p: _optreg("proximal_group_lasso")(LEARNING_RATE, 1e-4, axis=0, mask=_optreg("decay_mask")), "last"),
+    Entry("project", lambda p: _optreg("project")(_box), "last"),
+    Entry("scale_by_learning_rate_and_prox", lambda p: _optreg("scale_by_learning_rate_and_prox")(
+        LEARNING_RATE, functools.partial(_optreg("proximal_lq"), weight_decay=1e-4, q=1.0)), "rate"),
 )
 
 
@@ -82,4 +96,6 @@ def in_chain(item: Entry, params: Any, learning_rate: float = LEARNING_RATE) -> 
         return optax.chain(tx, optax.adam(learning_rate))
     if item.placement == "decoupled":
         return optax.chain(optax.scale_by_adam(), tx, optax.scale_by_learning_rate(learning_rate))
+    if item.placement == "rate":
+        return optax.chain(optax.scale_by_adam(), tx)
     return optax.chain(optax.adam(learning_rate), tx)

@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy.optimize import brentq
 
@@ -274,3 +275,102 @@ def test_bad_arguments_raise_with_the_name():
         prox_elastic_net(jnp.ones(2), 0.1, float("nan"))
     with pytest.raises(TypeError, match="axis"):
         prox_group_lasso(jnp.ones(2), 0.1, axis="rows")
+
+
+def test_tree_prox_lq_takes_a_pytree_of_strengths_a_prefix_and_broadcasting_leaves():
+    rng = np.random.default_rng(5)
+    tree = {"params": {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4))},
+            "step": jnp.array(2)}
+    per_column = jnp.linspace(0.1, 1.0, 4)
+    scales = {"params": {"w": per_column, "b": 0.5}, "step": 0.0}
+    out = tree_prox_lq(tree, scales, 1.0)
+    np.testing.assert_allclose(out["params"]["w"], soft(np.asarray(tree["params"]["w"]), np.asarray(per_column)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out["params"]["b"], soft(np.asarray(tree["params"]["b"]), 0.5), rtol=1e-6)
+    assert out["step"] is tree["step"]
+    # a prefix: one value for the whole subtree
+    prefix = tree_prox_lq(tree, {"params": 0.3, "step": 0.0}, 2.0)
+    np.testing.assert_allclose(prefix["params"]["b"], np.asarray(tree["params"]["b"]) / 1.3, rtol=1e-6)
+
+
+def soft(x, s):
+    return np.sign(x) * np.maximum(np.abs(x) - s, 0.0)
+
+
+@pytest.mark.parametrize("scale, message", [
+    ({"w": 0.1}, "scale must be one number or array for every leaf, or a pytree"),  # a key missing
+    ((jnp.ones((3, 4)), jnp.ones(4)), "scale must be one number or array for every leaf, or a pytree"),  # a tuple
+    ({"w": jnp.ones(3), "b": 0.1}, r"scale at 'w' has shape \(3,\).*shape \(3, 4\)"),  # does not broadcast
+    ({"w": jnp.ones((2, 3, 4)), "b": 0.1}, r"scale at 'w' has shape \(2, 3, 4\).*shape \(3, 4\)"),  # would grow w
+    ({"w": -0.1, "b": 0.1}, "scale at 'w' must be finite and >= 0"),
+])
+def test_a_strength_that_does_not_fit_is_a_value_error_naming_it_and_both_shapes(scale, message):
+    tree = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    with pytest.raises(ValueError, match=message):
+        tree_prox_lq(tree, scale, 1.0)
+
+
+def test_strength_errors_of_every_operator_name_the_argument():
+    x = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match=r"scale has shape \(5,\).*shape \(3, 4\)"):
+        prox_lq(x, jnp.ones(5), 1.0)
+    with pytest.raises(ValueError, match=r"scale has shape \(2, 3, 4\)"):
+        prox_lq(x, jnp.ones((2, 3, 4)), 1.0)  # would broadcast x to a larger shape
+    with pytest.raises(TypeError, match="tree_prox_lq"):
+        prox_lq({"w": x}, 0.1, 1.0)
+    with pytest.raises(TypeError, match="callable"):
+        prox_lq(x, lambda count: 0.1, 1.0)
+    with pytest.raises(ValueError, match=r"l2_scale at 'b' has shape \(3,\)"):
+        prox_elastic_net({"w": x, "b": jnp.ones(4)}, 0.1, {"w": 0.1, "b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="l1_scale"):
+        prox_elastic_net({"w": x}, [0.1, 0.2], 0.1)
+    with pytest.raises(ValueError, match=r"per-group shape of x's leaf 'w' of shape \(1, 4\)"):
+        prox_group_lasso({"w": x}, {"w": jnp.ones((3, 1))}, axis=0)  # one strength per unit is (1, 4)
+    with pytest.raises(ValueError, match="axis=None"):
+        prox_group_lasso({"w": x}, {"w": 0.1}, axis=None)
+    with pytest.raises(ValueError, match=r"axis=2 does not fit the shape \(3, 4\)"):
+        prox_group_lasso(x, 0.1, axis=2)
+
+
+def test_prox_elastic_net_on_a_pytree_with_pytree_strengths_is_soft_threshold_then_shrink():
+    rng = np.random.default_rng(6)
+    tree = {"w": jnp.asarray(rng.normal(size=(2, 3))), "b": jnp.asarray(rng.normal(size=3))}
+    l1 = {"w": jnp.array([0.1, 0.5, 1.0]), "b": 0.2}
+    l2 = {"w": 0.5, "b": jnp.array([0.0, 1.0, 3.0])}
+    out = prox_elastic_net(tree, l1, l2)
+    for key in tree:
+        want = soft(np.asarray(tree[key]), np.asarray(l1[key])) / (1 + np.asarray(l2[key]))
+        np.testing.assert_allclose(out[key], want, rtol=1e-6)
+
+
+def test_moreau_decomposition_against_optax_projections():
+    """x = prox_{s·f}(x) + s·P_{B*}(x/s), with B* the dual norm's unit ball (Parikh & Boyd 2014, §2.5):
+    soft thresholding pairs with the L∞ ball, the group lasso with the L2 ball (per group)."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(scale=2.0, size=(5, 4)), jnp.float32)
+    s = 0.8
+    np.testing.assert_allclose(x - prox_lq(x, s, 1.0), optax.projections.projection_linf_ball(x, s), atol=2e-6)
+    np.testing.assert_allclose(x - prox_group_lasso(x, s), optax.projections.projection_l2_ball(x, s), atol=2e-6)
+    per_unit = jax.vmap(lambda column: optax.projections.projection_l2_ball(column, s), in_axes=1, out_axes=1)(x)
+    np.testing.assert_allclose(x - prox_group_lasso(x, s, axis=0), per_unit, atol=2e-6)
+    tree = {"a": x, "b": x[0] * 3}
+    whole, out = optax.projections.projection_l2_ball(tree, 2 * s), prox_group_lasso(tree, 2 * s)
+    for key in tree:
+        np.testing.assert_allclose(out[key], tree[key] - whole[key], atol=4e-6)
+
+
+def test_prox_group_lasso_per_unit_of_a_conv_kernel_meets_the_optimality_condition():
+    # 0 ∈ z − x + s·∂‖z‖: z_g = x_g − s·z_g/‖z_g‖ on kept groups, ‖x_g‖ <= s on zeroed ones.
+    rng = np.random.default_rng(8)
+    kernel = rng.normal(size=(3, 3, 2, 6))  # (h, w, in, out): one group per filter
+    kernel[..., :2] *= 0.1
+    s = np.array([0.5, 0.5, 1.0, 1.0, 2.0, 30.0])  # one strength per filter
+    with jax.enable_x64(True):
+        z = np.asarray(prox_group_lasso(jnp.asarray(kernel), jnp.asarray(s), axis=(0, 1, 2)))
+    norms_x = np.linalg.norm(kernel.reshape(-1, 6), axis=0)
+    norms_z = np.linalg.norm(z.reshape(-1, 6), axis=0)
+    zeroed = norms_z == 0
+    np.testing.assert_array_equal(zeroed, norms_x <= s)
+    assert zeroed.sum() == 3 and (~zeroed).sum() == 3
+    residual = z - kernel + s * z / np.where(zeroed, 1.0, norms_z)
+    np.testing.assert_allclose(residual[..., ~zeroed], 0.0, atol=1e-12)
