@@ -34,10 +34,13 @@ from optreg._tree import Mask
 
 def _factor(leaves: list[jax.Array], s: jax.Array, axis: Axis) -> tuple[jax.Array, jax.Array]:
     """(max(0, 1 − s/‖x_g‖), ‖x_g‖) per group; the norm is exact wherever it exceeds s."""
-    scale, root = norm_pair(leaves, axis, s)
-    norm = scale * root  # inf where ‖x_g‖ overflows: then the factor is 1 up to rounding, as it should be
-    outside = norm > s
-    return jnp.where(outside, 1.0 - s / jnp.where(outside, norm, 1.0), 0.0), norm
+
+    def finish(scale: jax.Array, root: jax.Array) -> tuple[jax.Array, jax.Array]:
+        norm = scale * root  # inf where ‖x_g‖ overflows: then the factor is 1 up to rounding, as it should be
+        outside = norm > s
+        return jnp.where(outside, 1.0 - s / jnp.where(outside, norm, 1.0), 0.0), norm
+
+    return norm_pair(leaves, axis, s, finish)  # finish runs once per group, inside the cond
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -62,6 +65,10 @@ def _group_shrink_jvp(axis: Axis, primals: tuple[Any, Any], tangents: tuple[Any,
     along = group_sum([u * d for u, d in zip(units, d_leaves)], axis)
     coefficient = (s / safe) * along - ds
     return [x * factor for x in leaves], [factor * d + u * coefficient for u, d in zip(units, d_leaves)]
+
+
+#: :func:`group_shrink` compiled once per structure, axis and dtype (the operator is called eagerly too).
+_group_shrink_jit = jax.jit(group_shrink, static_argnums=2)
 
 
 def _floating(x: Any) -> tuple[list[Any], Any, list[int]]:
@@ -141,7 +148,7 @@ def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
         inputs = [_in_compute(leaves[i]) for i in indices]
         if inputs:
             s = clip_negative(jnp.asarray(scale).astype(jnp.result_type(*inputs)))
-            for i, z in zip(indices, group_shrink(inputs, s, None)):
+            for i, z in zip(indices, _group_shrink_jit(inputs, s, None)):
                 leaves[i] = z.astype(jnp.asarray(leaves[i]).dtype)
         return jax.tree_util.tree_unflatten(treedef, leaves)
     scales = per_leaf(scale, x, "scale", _group_shape(axis), "the per-group shape of x's leaf")
@@ -149,7 +156,7 @@ def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
         leaf = jnp.asarray(leaves[i])
         compute = compute_dtype(leaf.dtype)
         s = clip_negative(jnp.asarray(scales[i]).astype(compute))
-        leaves[i] = group_shrink([leaf.astype(compute)], s, axis)[0].astype(leaf.dtype)
+        leaves[i] = _group_shrink_jit([leaf.astype(compute)], s, axis)[0].astype(leaf.dtype)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

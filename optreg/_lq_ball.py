@@ -181,30 +181,50 @@ def _l2_factors(leaves: Sequence[jax.Array], r: jax.Array, axis: Axis) -> tuple[
     buffers allocated, on every step whether it runs or not, and on CPU a
     temporary over 32 MB is fresh, page-faulted memory each step).
     """
-    scale, root = norm_pair(leaves, axis, r)
-    one = jnp.ones_like(scale)
-    inside = root * scale <= r  # ‖x‖ = scale·root may overflow: then it is outside
-    (r_mantissa, r_exponent), (s_mantissa, s_exponent), (n_mantissa, n_exponent) = (
-        jnp.frexp(value) for value in (jnp.broadcast_to(r, scale.shape), scale, root)
-    )
-    mantissa, exponent = jnp.frexp(r_mantissa / jnp.where(inside, 1.0, s_mantissa * n_mantissa))
-    # outside, r/‖x‖ = mantissa·2^exponent < 1 with mantissa >= 1/2, so exponent <= 0
-    exponent = jnp.where(inside, 0, exponent + r_exponent - s_exponent - n_exponent)
-    first = exponent // 3
-    second = (exponent - first) // 2
-    powers = [jnp.ldexp(one, e) for e in (first, second, exponent - first - second)]
-    return (*powers, jnp.where(inside, 1.0, mantissa))
+
+    def finish(scale: jax.Array, root: jax.Array) -> tuple[jax.Array, ...]:
+        one = jnp.ones_like(scale)
+        inside = root * scale <= r  # ‖x‖ = scale·root may overflow: then it is outside
+        (r_mantissa, r_exponent), (s_mantissa, s_exponent), (n_mantissa, n_exponent) = (
+            jnp.frexp(value) for value in (jnp.broadcast_to(r, scale.shape), scale, root)
+        )
+        mantissa, exponent = jnp.frexp(r_mantissa / jnp.where(inside, 1.0, s_mantissa * n_mantissa))
+        # outside, r/‖x‖ = mantissa·2^exponent < 1 with mantissa >= 1/2, so exponent <= 0
+        exponent = jnp.where(inside, 0, exponent + r_exponent - s_exponent - n_exponent)
+        first = exponent // 3
+        second = (exponent - first) // 2
+        powers = [jnp.ldexp(one, e) for e in (first, second, exponent - first - second)]
+        return (*powers, jnp.where(inside, 1.0, mantissa))
+
+    return norm_pair(leaves, axis, r, finish)  # finish runs once per group, inside the cond
+
+
+def _power_of_two_factors(largest: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(d1, d2, u1, u2) with d1·d2 = 2^−e and u1·u2 = 2^e, where largest = m·2^e, m in [½, 1).
+
+    Multiplying by d1 and then d2 maps every |x| <= largest into [0, 1]
+    exactly (powers of two), and each factor is a normal number. A division
+    by ``largest`` itself is not safe: XLA turns a division by a broadcast
+    scalar into a multiplication by its reciprocal, which flushes to 0 for
+    largest > 2^126 (so x/3.4e38 became 0).
+    """
+    finite = (largest > 0) & jnp.isfinite(largest)
+    _, exponent = jnp.frexp(jnp.where(finite, largest, 1.0))
+    exponent = jnp.where(finite, exponent, 0)
+    half = exponent // 2
+    one = jnp.ones_like(largest)
+    return (jnp.ldexp(one, -half), jnp.ldexp(one, half - exponent), jnp.ldexp(one, half),
+            jnp.ldexp(one, exponent - half))
 
 
 def _project_scaled(leaves: Sequence[jax.Array], r: jax.Array, q: float, axis: Axis) -> list[jax.Array]:
-    """Working with y = x / max|x| (so |y| <= 1) keeps every norm finite for any magnitude; a
-    radius below max|x|'s rounding (r/max|x| < eps) projects to 0; a last rescale by
+    """Working with y = x·2^−e, 2^e >= max|x| (so |y| <= 1) keeps every norm finite for any magnitude;
+    a radius below max|x|'s rounding (r/max|x| < eps) projects to 0; a last rescale by
     min(1, r/‖z‖_q) absorbs the rounding of x − θ when |x| ≫ r, so the output is inside the ball."""
     dtype = jnp.result_type(*leaves)
-    largest = _largest(leaves, axis)
-    scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
-    scaled = [leaf / scale for leaf in leaves]
-    r_scaled = r / scale
+    down1, down2, up1, up2 = _power_of_two_factors(_largest(leaves, axis))
+    scaled = [(leaf * down1) * down2 for leaf in leaves]
+    r_scaled = (r * down1) * down2
     inside = _power_norm(scaled, q, _largest(scaled, axis), axis) <= r_scaled
     negligible = r_scaled < jnp.finfo(dtype).eps
     safe_r = jnp.where(negligible, 1.0, r_scaled)
@@ -215,7 +235,8 @@ def _project_scaled(leaves: Sequence[jax.Array], r: jax.Array, q: float, axis: A
     norm = _power_norm(projected, q, _largest(projected, axis), axis)
     shrink = jnp.where(norm > safe_r, safe_r / jnp.where(norm > 0, norm, 1.0), 1.0)
     return [
-        jnp.where(inside, leaf, jnp.where(negligible, 0.0, z * shrink * scale)) for leaf, z in zip(leaves, projected)
+        jnp.where(inside, leaf, jnp.where(negligible, 0.0, ((z * shrink) * up1) * up2))
+        for leaf, z in zip(leaves, projected)
     ]
 
 
@@ -232,14 +253,13 @@ def _project_finite(leaves: list[jax.Array], r: jax.Array, q: float, axis: Axis)
 def _project_finite_jvp(q: float, axis: Axis, primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
     (leaves, r), (d_leaves, dr) = primals, tangents
     projected = _project_finite(leaves, r, q, axis)
-    largest = _largest(leaves, axis)
-    m = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
+    down1, down2, _, _ = _power_of_two_factors(_largest(leaves, axis))
     changed = group_sum([(z != x).astype(jnp.int32) for z, x in zip(projected, leaves)], axis) > 0
     gains: list[jax.Array] = []
     weights: list[jax.Array] = []
-    total = jnp.zeros_like(m)
+    total = jnp.zeros_like(down1)
     for x, z in zip(leaves, projected):
-        t, a = jnp.abs(z) / m, jnp.abs(x) / m
+        t, a = (jnp.abs(z) * down1) * down2, (jnp.abs(x) * down1) * down2
         active = t > 0
         safe_t = jnp.where(active, t, 1.0)
         denominator = jnp.where(active, (2.0 - q) * t + (q - 1.0) * a, 1.0)
@@ -247,13 +267,14 @@ def _project_finite_jvp(q: float, axis: Axis, primals: tuple[Any, Any], tangents
         weights.append(jnp.where(active, jnp.sign(z) * jnp.power(safe_t, q) / denominator, 0.0))
         total = total + group_sum([jnp.where(active, jnp.power(safe_t, 2.0 * q - 1.0) / denominator, 0.0)], axis)
     along = group_sum([c * d for c, d in zip(weights, d_leaves)], axis)
-    rho = r / m
+    rho = (r * down1) * down2
     radial = jnp.ones_like(rho) if q == 1.0 else jnp.power(rho, q - 1.0)
     positive = total > 0
     multiplier = jnp.where(positive, (along - radial * dr) / jnp.where(positive, total, 1.0), 0.0)
     return projected, [jnp.where(changed, g * d - c * multiplier, d) for g, c, d in zip(gains, weights, d_leaves)]
 
 
+@functools.partial(jax.jit, static_argnames=("q", "axis"))
 def project_ball(leaves: list[jax.Array], r: jax.Array, q: float, axis: Axis = None) -> list[jax.Array]:
     """Projection of each group onto the Lq ball of radius r >= 0 (leaves in their compute dtype)."""
     if not leaves:

@@ -446,3 +446,18 @@ def test_learning_rate_and_prox_rejects_an_optimizer_as_the_rate_and_works_in_in
         want = soft_threshold(np.asarray(w["w"]) - 0.2 * 0.5**k * np.array([1.0, 0.0]), 0.2 * 0.5**k)
         w = optax.apply_updates(w, updates)
         np.testing.assert_allclose(w["w"], want, rtol=1e-6)
+
+
+def test_group_lasso_pruning_example_removes_units_without_changing_the_function():
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "group_lasso_pruning.py"
+    example = runpy.run_path(str(path), run_name="example")
+    result = example["train"](8.0, epochs=4)
+    data = load_digits(return_X_y=True)[0][:200] / 16.0
+    assert 0 < sum(result["units_kept"]) < 400  # whole hidden units removed
+    assert result["params_kept"] < result["params_total"]
+    np.testing.assert_allclose(example["forward"](result["pruned"], data), example["forward"](result["params"], data),
+                               rtol=1e-4, atol=1e-4)
+    assert result["pruned_test_accuracy"] == result["test_accuracy"] > 0.5
