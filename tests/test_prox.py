@@ -374,3 +374,31 @@ def test_prox_group_lasso_per_unit_of_a_conv_kernel_meets_the_optimality_conditi
     assert zeroed.sum() == 3 and (~zeroed).sum() == 3
     residual = z - kernel + s * z / np.where(zeroed, 1.0, norms_z)
     np.testing.assert_allclose(residual[..., ~zeroed], 0.0, atol=1e-12)
+
+
+def test_namespaces_hold_only_the_public_operators_and_old_spellings_still_import():
+    import types
+
+    import optreg.projections
+    import optreg.prox
+
+    for module, names in ((optreg.prox, {"prox_lq", "tree_prox_lq", "prox_elastic_net", "prox_group_lasso"}),
+                          (optreg.projections, {"projection_lq_ball"})):
+        public = {n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+        assert public == names == set(module.__all__)
+    assert optreg.prox_lq is optreg.prox.prox_lq and optreg.projection_lq_ball is optreg.projections.projection_lq_ball
+    with pytest.warns(DeprecationWarning, match="optreg.projections.projection_lq_ball"):
+        from optreg.projection import projection_lq_ball  # noqa: F401
+    with pytest.warns(DeprecationWarning, match="optreg.proximal_lq"):
+        from optreg.proximal import proximal_lq  # noqa: F401
+
+
+def test_the_sign_bit_trick_differentiates_like_copysign():
+    from optreg._numerics import copysign_nonnegative
+
+    x = jnp.array([-2.0, 3.0, -0.5])
+    t = jnp.array([1.0, 2.0, 0.0])
+    np.testing.assert_array_equal(copysign_nonnegative(t, x), jnp.copysign(t, x))
+    _, tangent = jax.jvp(copysign_nonnegative, (t, x), (jnp.ones(3), jnp.ones(3)))
+    np.testing.assert_array_equal(tangent, [-1.0, 1.0, -1.0])
+    np.testing.assert_array_equal(jax.grad(lambda t: jnp.sum(copysign_nonnegative(t, x)))(t), [-1.0, 1.0, -1.0])

@@ -461,3 +461,23 @@ def test_group_lasso_pruning_example_removes_units_without_changing_the_function
     np.testing.assert_allclose(example["forward"](result["pruned"], data), example["forward"](result["params"], data),
                                rtol=1e-4, atol=1e-4)
     assert result["pruned_test_accuracy"] == result["test_accuracy"] > 0.5
+
+
+def test_group_lasso_and_per_unit_ball_work_under_inject_hyperparams():
+    params = {"kernel": jnp.array([[3.0, 0.2], [4.0, 0.1]])}
+    grads = {"kernel": jnp.zeros((2, 2))}
+    injected = optax.inject_hyperparams(optreg.proximal_group_lasso, static_args=("axis",))(
+        learning_rate=0.1, weight_decay=3.0, axis=0)
+    state = injected.init(params)
+    updates, _ = jax.jit(injected.update)(grads, state, params)
+    # unit norms 5 and 0.224 against the threshold 0.1·3 = 0.3
+    np.testing.assert_allclose(optax.apply_updates(params, updates)["kernel"], [[2.82, 0.0], [3.76, 0.0]], rtol=1e-6)
+    state.hyperparams["weight_decay"] = jnp.asarray(60.0)  # 0.1·60 > 5: the first unit goes too
+    updates, _ = jax.jit(injected.update)(grads, state, params)
+    np.testing.assert_array_equal(optax.apply_updates(params, updates)["kernel"], 0.0)
+    ball = optax.inject_hyperparams(optreg.project_lq_ball, static_args=("q", "axis"))(radius=1.0, q=2.0, axis=0)
+    state = ball.init(params)
+    state.hyperparams["radius"] = jnp.asarray(0.1)
+    updates, _ = jax.jit(ball.update)(grads, state, params)
+    norms = np.linalg.norm(np.asarray(optax.apply_updates(params, updates)["kernel"]), axis=0)
+    np.testing.assert_allclose(norms, [0.1, 0.1], rtol=1e-6)
