@@ -31,7 +31,7 @@ def optreg_api(name: str) -> Any:
 
 
 def optimizer_cases(n: int, group: str = "decay and prox", seed: int = 0) -> list[Case]:
-    """Issue 2 (Lq decay) and issue 4 (prox, projection) rows on one ~``n``-parameter dense tree."""
+    """Lq decay, prox, group-lasso and projection rows on one ~``n``-parameter dense tree."""
     shapes = steps.dense_shapes(n)
     size = steps.count_params(shapes)
 
@@ -56,6 +56,20 @@ def optimizer_cases(n: int, group: str = "decay and prox", seed: int = 0) -> lis
     def project_l2() -> optax.GradientTransformation:
         return optax.chain(adam(), optreg_api("project_lq_ball")(radius(), 2.0))
 
+    def unit_radius() -> float:
+        """0.9 of the mean column norm of the first kernel: most units' balls are active."""
+        params, _ = tree()
+        kernel = params["params"]["Dense_0"]["kernel"]
+        return 0.9 * float(jax.numpy.mean(jax.numpy.linalg.norm(kernel, axis=0)))
+
+    def project_per_unit() -> optax.GradientTransformation:
+        ball = optreg_api("project_lq_ball")(unit_radius(), 2.0, axis=0, mask=optreg_api("decay_mask"))
+        return optax.chain(adam(), ball)
+
+    def group_lasso() -> optax.GradientTransformation:
+        prox = optreg_api("proximal_group_lasso")(LEARNING_RATE, WEIGHT_DECAY, axis=0, mask=optreg_api("decay_mask"))
+        return optax.chain(adam(), prox)
+
     def optax_projection_step() -> Step:
         r = radius()
         return steps.train_step(adam(), *tree(), after=lambda p: optax.projections.projection_l2_ball(p, r))
@@ -72,15 +86,19 @@ def optimizer_cases(n: int, group: str = "decay and prox", seed: int = 0) -> lis
     for q, target in targets.items():
         cases.append(Case(
             f"add_decayed_weights_q(q={q:g}) + adam", baseline="optax.add_decayed_weights + adam",
-            target=target, target_source="issue 2" if target else "", build=chain_case(q_decay(q)), **common))
+            target=target, build=chain_case(q_decay(q)), **common))
     for q, target in ((1.0, 1.10), (0.5, 1.3)):
         cases.append(Case(
-            f"adam + proximal_lq(q={q:g})", baseline="adam", target=target, target_source="issue 4",
-            build=chain_case(prox(q)), **common))
-    cases.append(Case("adam + project_lq_ball(q=2)", baseline="adam", target=1.15, target_source="issue 4",
-                      build=chain_case(project_l2), **common))
-    cases.append(Case("adam + optax projection_l2_ball (by hand)", baseline="adam", build=optax_projection_step,
+            f"adam + proximal_lq(q={q:g})", baseline="adam", target=target, build=chain_case(prox(q)), **common))
+    by_hand = "adam + optax projection_l2_ball (by hand)"
+    cases.append(Case("adam + project_lq_ball(q=2)", baseline=by_hand, target=1.05, build=chain_case(project_l2),
+                      note="the whole-tree L2 ball against the same projection written by hand", **common))
+    cases.append(Case(by_hand, baseline="adam", build=optax_projection_step,
                       note="what a user writes without optreg: project after apply_updates", **common))
+    cases.append(Case("adam + proximal_group_lasso(axis=0)", baseline="adam", target=1.3,
+                      build=chain_case(group_lasso), note="one group per unit of each kernel", **common))
+    cases.append(Case("adam + project_lq_ball(q=2, axis=0)", baseline="adam", target=1.3,
+                      build=chain_case(project_per_unit), note="one L2 ball per unit (max-norm)", **common))
     return cases
 
 

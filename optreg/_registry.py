@@ -11,7 +11,10 @@ e.g. group labels); ``placement`` says where the transform goes in a chain:
 * ``"decoupled"``: between ``optax.scale_by_adam()`` and
   ``optax.scale_by_learning_rate(lr)`` (AdamW's placement);
 * ``"last"``: after the learning rate, acting on the step itself (proximal,
-  projected and learning-rate-independent updates).
+  projected and learning-rate-independent updates);
+* ``"rate"``: in the place of ``optax.scale_by_learning_rate(lr)``, after the
+  preconditioner (it applies the learning rate itself), e.g.
+  ``optax.chain(optax.scale_by_adam(), scale_by_learning_rate_and_prox(lr, prox))``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,25 @@ def _group_labels(params: Any) -> Any:
     )
 
 
+def _kernels(params: Any) -> Any:
+    """True for leaves with ndim >= 2 (the group lasso's units are a kernel's columns)."""
+    import jax
+
+    return jax.tree.map(lambda leaf: np.ndim(leaf) >= 2, params)
+
+
+def _lasso_step(learning_rate: Any) -> optax.GradientTransformation:
+    """``proximal_lq(learning_rate, 1e-4, q=1)``: the prox the drift-free form applies after its own rate."""
+    import optreg
+
+    return optreg.proximal_lq(learning_rate, 1e-4, 1.0)
+
+
+def _box(tree: Any) -> Any:
+    """optax's box projection onto [-1, 1] (the typical instance of ``project``)."""
+    return optax.projections.projection_box(tree, optax.tree.full_like(tree, -1.0), optax.tree.full_like(tree, 1.0))
+
+
 TRANSFORMS: tuple[Entry, ...] = (
     Entry("add_decayed_weights_q", lambda p: {"weight_decay": 1e-4, "q": 2.0}, "before", static=("q",)),
     Entry("add_elastic_net", lambda p: {"l1": 1e-5, "l2": 1e-4}, "before"),
@@ -83,6 +105,12 @@ TRANSFORMS: tuple[Entry, ...] = (
     Entry("add_orthogonal_decay", lambda p: {"weight_decay": 1e-4}, "before", elementwise=False),
     Entry("add_spectral_decay", lambda p: {"weight_decay": 1e-4, "num_iterations": 1, "seed": 0}, "before",
           static=("num_iterations", "seed"), elementwise=False),
+    Entry("proximal_group_lasso",
+          lambda p: {"learning_rate": LEARNING_RATE, "weight_decay": 1e-4, "axis": 0, "mask": _kernels}, "last",
+          static=("axis", "mask"), elementwise=False),
+    Entry("project", lambda p: {"projection": _box}, "last", static=("projection",), elementwise=False),
+    Entry("scale_by_learning_rate_and_prox",
+          lambda p: {"learning_rate": LEARNING_RATE, "proximal": _lasso_step}, "rate", static=("proximal",)),
 )
 
 
@@ -101,4 +129,6 @@ def in_chain(item: Entry, params: Any, learning_rate: float = LEARNING_RATE) -> 
         return optax.chain(tx, optax.adam(learning_rate))
     if item.placement == "decoupled":
         return optax.chain(optax.scale_by_adam(), tx, optax.scale_by_learning_rate(learning_rate))
+    if item.placement == "rate":
+        return optax.chain(optax.scale_by_adam(), tx)
     return optax.chain(optax.adam(learning_rate), tx)

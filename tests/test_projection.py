@@ -12,7 +12,8 @@ import pytest
 from scipy.optimize import minimize
 
 import optreg
-from optreg.projection import bisection_projection
+from optreg._lq_ball import bisection_projection
+from optreg.projections import projection_lq_ball
 
 OPTAX_BALLS = {
     1.0: optax.projections.projection_l1_ball,
@@ -82,7 +83,7 @@ def test_other_q_matches_scipy_slsqp(q):
         radius = 1.0 + trial
         want = slsqp_projection(x, radius, q)
         with jax.enable_x64(True):
-            got = np.asarray(optreg.projection_lq_ball(jnp.asarray(x), radius, q))
+            got = np.asarray(projection_lq_ball(jnp.asarray(x), radius, q))
         np.testing.assert_allclose(got, want, atol=1e-6)
         assert np.sum(np.abs(got) ** q) <= radius**q * (1 + 1e-12)
 
@@ -90,13 +91,13 @@ def test_other_q_matches_scipy_slsqp(q):
 def test_inside_the_ball_nothing_changes_and_radius_zero_gives_zeros():
     tree = random_tree(4, scale=0.1)
     for q in (1.0, 1.5, 2.0, 3.0, math.inf):
-        inside = optreg.projection_lq_ball(tree, 1e3, q)
+        inside = projection_lq_ball(tree, 1e3, q)
         for g, w in zip(jax.tree.leaves(inside), jax.tree.leaves(tree)):
             np.testing.assert_array_equal(g, w)
-        collapsed = optreg.projection_lq_ball(tree, 0.0, q)
+        collapsed = projection_lq_ball(tree, 0.0, q)
         for leaf in jax.tree.leaves(collapsed):
             np.testing.assert_array_equal(leaf, 0.0)
-        zeros = optreg.projection_lq_ball(jax.tree.map(jnp.zeros_like, tree), 0.0, q)
+        zeros = projection_lq_ball(jax.tree.map(jnp.zeros_like, tree), 0.0, q)
         assert not any(np.any(np.isnan(leaf)) for leaf in jax.tree.leaves(zeros))
 
 
@@ -176,13 +177,13 @@ def test_vmap_over_parameter_vectors(q):
     vectors = vectors.at[3].multiply(1e-25)  # q = 2: Σw² underflows, the overflow-safe branch for this row only
     batched = jax.vmap(lambda w: tx.update(jnp.zeros_like(w), tx.init(w), w)[0])(vectors)
     for row in range(5):
-        one = optreg.projection_lq_ball(vectors[row], 1.0, q)
+        one = projection_lq_ball(vectors[row], 1.0, q)
         np.testing.assert_allclose(vectors[row] + batched[row], one, rtol=1e-5, atol=1e-6)
     # the function itself also where the row is shrunk (w + (P(w) − w) would round P(w) away at 1e25)
     vectors = vectors.at[4].multiply(1e25)
-    batched = jax.vmap(lambda w: optreg.projection_lq_ball(w, 1.0, q))(vectors)
+    batched = jax.vmap(lambda w: projection_lq_ball(w, 1.0, q))(vectors)
     for row in range(5):
-        np.testing.assert_allclose(batched[row], optreg.projection_lq_ball(vectors[row], 1.0, q), rtol=1e-5, atol=0)
+        np.testing.assert_allclose(batched[row], projection_lq_ball(vectors[row], 1.0, q), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1.0, 1e25])
@@ -195,7 +196,7 @@ def test_l2_projection_differentiates_like_optax(scale):
 
     # P is 1-homogeneous: with x = scale·u, d/dx of sin(P(x)/scale) is d/du of sin(P(u)), over scale.
     # optax's squared norm under- or overflows at 1e±30, so its gradient comes from the unit case.
-    ours = jax.grad(loss(lambda t: optreg.projection_lq_ball(t, 0.5 * scale, 2.0), scale))(tree)
+    ours = jax.grad(loss(lambda t: projection_lq_ball(t, 0.5 * scale, 2.0), scale))(tree)
     unit = jax.tree.map(lambda x: x / scale, tree)
     theirs = jax.grad(loss(lambda t: optax.projections.projection_l2_ball(t, 0.5), 1.0))(unit)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
@@ -215,7 +216,7 @@ def test_l2_projection_at_the_ends_of_float32(values, radius):
     largest = np.abs(x).max()
     norm = largest * np.sqrt(np.sum((x / largest) ** 2))
     expected = x * min(1.0, radius / norm)
-    got = optreg.projection_lq_ball({"w": jnp.asarray(values, jnp.float32)}, radius, 2.0)["w"]
+    got = projection_lq_ball({"w": jnp.asarray(values, jnp.float32)}, radius, 2.0)["w"]
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=4e-7, atol=1e-45)
 
 
@@ -244,7 +245,7 @@ def test_bad_arguments_raise_at_construction():
     with pytest.raises(TypeError, match="per_leaf"):
         optreg.project_lq_ball(1.0, 2.0, per_leaf="yes")
     with pytest.raises(TypeError, match="radius"):
-        optreg.projection_lq_ball(jnp.ones(3), lambda count: 1.0, 2.0)
+        projection_lq_ball(jnp.ones(3), lambda count: 1.0, 2.0)
     with pytest.raises(ValueError, match="params"):
         tx = optreg.project_lq_ball(1.0, 2.0)
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
@@ -272,7 +273,152 @@ def test_l1_threshold_iteration_as_accurate_as_optax_sort(seed):
     tolerance = 8 * np.finfo(np.float32).eps * np.abs(x).max()
     for radius in (1e-3, 1.0, 37.0, float(np.abs(x).sum()) * 0.999):
         reference = l1_projection_float64(x, radius)
-        ours = optreg.projection_lq_ball(tree, radius, 1.0)
+        ours = projection_lq_ball(tree, radius, 1.0)
         for projected in (ours, optax.projections.projection_l1_ball(tree, radius)):
             flat = np.concatenate([np.ravel(projected["a"]), np.ravel(projected["b"])])
             np.testing.assert_allclose(flat, reference, rtol=0, atol=tolerance)
+
+
+def per_slice(project, x, axis):
+    """optax's whole-array projection applied to every column (axis=0) or row (axis=1) of a matrix."""
+    return jax.vmap(project, in_axes=1 - axis, out_axes=1 - axis)(x)
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_per_unit_balls_equal_optax_projections_of_each_slice(q, axis):
+    x = jnp.asarray(np.random.default_rng(10).normal(scale=2.0, size=(6, 5)), jnp.float32)
+    for radius in (0.5, 3.0):
+        want = per_slice(lambda v, r=radius: OPTAX_BALLS[q](v, r), x, axis)
+        np.testing.assert_allclose(projection_lq_ball(x, radius, q, axis=axis), want, rtol=1e-5, atol=1e-6)
+        tx = optax.chain(optax.sgd(1.0), optreg.project_lq_ball(radius, q, axis=axis))
+        updates, _ = tx.update(jnp.zeros_like(x), tx.init(x), x)
+        np.testing.assert_allclose(x + updates, want, rtol=1e-5, atol=1e-6)
+
+
+def test_per_unit_ball_is_keras_max_norm():
+    """Keras ``MaxNorm(m, axis=0)``: w·clip(‖w‖, 0, m)/‖w‖ per column (its documented formula, without ε)."""
+    kernel = np.random.default_rng(11).normal(size=(8, 5)) * np.array([0.1, 0.5, 1.0, 2.0, 4.0])
+    m = 2.0
+    norms = np.linalg.norm(kernel, axis=0, keepdims=True)
+    keras = kernel * np.clip(norms, 0, m) / norms
+    params = {"Dense_0": {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.ones(5, jnp.float32) * 9}}
+    kernels_only = {"Dense_0": {"kernel": True, "bias": False}}
+    tx = optreg.project_lq_ball(m, q=2.0, axis=0, mask=kernels_only)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["Dense_0"]["kernel"], keras, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(new["Dense_0"]["bias"], 9.0)
+
+
+def test_per_unit_radius_array_and_conv_filters():
+    rng = np.random.default_rng(12)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
+    radii = jnp.array([0.5, 1.0, 2.0, 100.0])  # one per output channel, shape broadcasting to (1, 1, 1, 4)
+    out = projection_lq_ball(kernel, radii, 2.0, axis=(0, 1, 2))
+    norms = np.linalg.norm(np.asarray(out).reshape(-1, 4), axis=0)
+    original = np.linalg.norm(np.asarray(kernel).reshape(-1, 4), axis=0)
+    np.testing.assert_allclose(norms, np.minimum(original, radii), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"radius has shape \(3,\).*per-slice shape of the leaf of shape \(1, 1, 1, 4"):
+        projection_lq_ball(kernel, jnp.ones(3), 2.0, axis=(0, 1, 2))
+    with pytest.raises(ValueError, match="one number with axis=None"):
+        projection_lq_ball(kernel, radii, 2.0)
+
+
+@pytest.mark.parametrize("q", [1.5, 3.0])
+def test_per_unit_balls_for_other_q_match_scipy_per_column(q):
+    x = np.random.default_rng(13).normal(scale=2.0, size=(5, 3))
+    with jax.enable_x64(True):
+        got = np.asarray(projection_lq_ball(jnp.asarray(x), 1.5, q, axis=0))
+    for column in range(3):
+        np.testing.assert_allclose(got[:, column], slsqp_projection(x[:, column], 1.5, q), atol=1e-6)
+
+
+def test_axis_that_does_not_fit_a_selected_leaf_is_an_error_at_init_naming_it():
+    params = {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}
+    with pytest.raises(ValueError, match=r"axis=1 does not fit the shape \(4,\) of the leaf 'bias'"):
+        optreg.project_lq_ball(1.0, axis=1).init(params)
+    optreg.project_lq_ball(1.0, axis=1, mask={"kernel": True, "bias": False}).init(params)  # masked out: fine
+    with pytest.raises(TypeError, match="axis must be None, an int or a tuple"):
+        optreg.project_lq_ball(1.0, axis="rows")
+
+
+def test_project_applies_any_optax_projection_as_a_constraint():
+    rng = np.random.default_rng(14)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4))}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    stepped = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+    cases = [
+        (optax.projections.projection_non_negative, None),
+        (lambda t: optax.projections.projection_box(t, optax.tree.full_like(t, -0.3), optax.tree.full_like(t, 0.4)),
+         None),
+        (lambda t: optax.projections.projection_l2_sphere(t, 2.0), None),
+        (optax.projections.projection_simplex, {"w": True, "b": False}),
+    ]
+    for projection, mask in cases:
+        tx = optax.chain(optax.sgd(0.5), optreg.project(projection, mask=mask))
+        updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        if mask is None:
+            want = projection(stepped)
+        else:
+            want = {"w": projection(stepped["w"]), "b": stepped["b"]}
+        for key in params:
+            np.testing.assert_allclose(new[key], want[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(jnp.sum(new["w"])), 1.0, rtol=1e-5)  # the simplex, on the selected leaf
+
+
+def test_project_sees_the_selected_leaves_together():
+    """A whole-tree projection acts on the selected leaves only: their joint norm, not the bias's."""
+    params = {"w": jnp.array([3.0, 4.0]), "b": jnp.array([100.0])}
+    tx = optreg.project(lambda t: optax.projections.projection_l2_ball(t, 1.0), mask={"w": True, "b": False})
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["w"], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(new["b"], 100.0)
+
+
+def test_project_rejects_what_is_not_a_projection():
+    with pytest.raises(TypeError, match="projection must be a function"):
+        optreg.project({"w": 1.0})
+    tx = optreg.project(lambda t: jax.tree.map(lambda x: x[:1], t))
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match=r"project: the new value of 'w' has shape \(1,\)"):
+        tx.update(params, tx.init(params), params)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optreg.project_lq_ball(1.0, 2.0),
+    lambda: optreg.project_lq_ball(1.0, 1.5, per_leaf=True),
+    lambda: optreg.project_lq_ball(1.0, 2.0, axis=0),
+    lambda: optreg.project(optax.projections.projection_non_negative),
+    lambda: optreg.proximal_group_lasso(0.1, 1.0),
+], ids=["ball", "ball per leaf", "ball per unit", "project", "group lasso whole tree"])
+def test_none_updates_pass_through_as_in_optax(make):
+    params = {"w": jnp.array([[3.0, -4.0], [1.0, 2.0]]), "frozen": jnp.array([[5.0, 5.0]])}
+    updates = {"w": jnp.array([[0.1, 0.1], [0.1, 0.1]]), "frozen": None}
+    tx = make()
+    new_updates, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+    assert new_updates["frozen"] is None
+    full, _ = tx.update({"w": updates["w"]}, tx.init({"w": params["w"]}), {"w": params["w"]})
+    np.testing.assert_allclose(new_updates["w"], full["w"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_radius_that_turns_negative_at_run_time_gives_zero_never_flipped_weights():
+    params = {"w": jnp.array([3.0, -4.0, 0.5])}
+    schedule = optax.linear_schedule(1.0, -1.0, transition_steps=2)  # 1, 0, -1
+    for q in (1.0, 1.5, 2.0, math.inf):
+        tx = optreg.project_lq_ball(schedule, q)
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+        np.testing.assert_array_equal(optax.apply_updates(params, updates)["w"], 0.0)
+        injected = optax.inject_hyperparams(optreg.project_lq_ball, static_args=("q",))(radius=1.0, q=q)
+        state = injected.init(params)
+        state.hyperparams["radius"] = jnp.asarray(-2.0)
+        updates, _ = jax.jit(injected.update)(jax.tree.map(jnp.zeros_like, params), state, params)
+        np.testing.assert_array_equal(optax.apply_updates(params, updates)["w"], 0.0)
+        traced = jax.jit(lambda r, q=q: projection_lq_ball(params, r, q))(-1.0)
+        np.testing.assert_array_equal(traced["w"], 0.0)
