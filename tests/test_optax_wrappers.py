@@ -165,4 +165,5 @@ def test_registry_is_complete() -> None:
         ):
             factories.add(public)
     assert factories <= set(ENTRIES), sorted(factories - set(ENTRIES))
-    assert all(isinstance(entry, Entry) and entry.placement in ("before", "decoupled", "last") for entry in TRANSFORMS)
+    assert all(isinstance(entry, Entry) and entry.placement in ("before", "decoupled", "rate", "last")
+               for entry in TRANSFORMS)

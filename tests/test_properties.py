@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 from typing import Any, Callable, Optional
 
 import jax
@@ -243,16 +242,8 @@ def test_gradient_form_on_hostile_trees(data, dtype, case, q, lam):
 
 
 # ---------------------------------------------------------------------------------------------
-# Proximal operators and projections (issue 4). Listed here as soon as their modules exist.
+# Proximal operators and projections.
 # ---------------------------------------------------------------------------------------------
-
-
-def optional(module: str, name: str) -> Optional[Callable[..., Any]]:
-    """``optreg.<module>.<name>`` if that module exists and imports, else None (the cases are skipped)."""
-    try:
-        return getattr(importlib.import_module(f"optreg.{module}"), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,42 +274,28 @@ def applied_with_zero_updates(tx: optax.GradientTransformation, tree: Any) -> An
 
 
 def prox_cases() -> list[ProxCase]:
-    cases = []
-    prox_lq, tree_prox_lq = optional("prox", "prox_lq"), optional("prox", "tree_prox_lq")
-    prox_elastic_net, prox_group_lasso = optional("prox", "prox_elastic_net"), optional("prox", "prox_group_lasso")
-    proximal_lq = optional("proximal", "proximal_lq")
-    proximal_elastic_net = optional("proximal", "proximal_elastic_net")
-    if prox_lq is not None:
-        cases.append(ProxCase("prox_lq", lambda t, s, q: on_floating_leaves(lambda x: prox_lq(x, s, q), t)))
-    if tree_prox_lq is not None:
-        cases.append(ProxCase("tree_prox_lq", lambda t, s, q: tree_prox_lq(t, s, q)))
-    if prox_elastic_net is not None:
-        cases.append(ProxCase("prox_elastic_net",
-                              lambda t, s, q: on_floating_leaves(lambda x: prox_elastic_net(x, s, s / 2), t)))
-    if prox_group_lasso is not None:
+    prox, proximal_lq, proximal_elastic_net = optreg.prox, optreg.proximal_lq, optreg.proximal_elastic_net
+    return [
+        ProxCase("prox_lq", lambda t, s, q: on_floating_leaves(lambda x: prox.prox_lq(x, s, q), t)),
+        ProxCase("tree_prox_lq", lambda t, s, q: prox.tree_prox_lq(t, s, q)),
+        ProxCase("prox_elastic_net", lambda t, s, q: on_floating_leaves(lambda x: prox.prox_elastic_net(x, s, s / 2), t)),
         # each leaf one group; empty leaves are left out here: see test_prox_group_lasso_takes_empty_leaves
-        cases.append(ProxCase("prox_group_lasso", lambda t, s, q: jax.tree.map(
-            lambda x: prox_group_lasso(x, s) if x.size and jnp.issubdtype(x.dtype, jnp.floating) else x, t)))
-    if proximal_lq is not None:
-        cases.append(ProxCase("proximal_lq", lambda t, s, q: applied_with_zero_updates(proximal_lq(1.0, s, q), t)))
-    if proximal_elastic_net is not None:
-        cases.append(ProxCase("proximal_elastic_net",
-                              lambda t, s, q: applied_with_zero_updates(proximal_elastic_net(1.0, s, s / 2), t)))
-    return cases
+        ProxCase("prox_group_lasso", lambda t, s, q: jax.tree.map(
+            lambda x: prox.prox_group_lasso(x, s) if x.size and jnp.issubdtype(x.dtype, jnp.floating) else x, t)),
+        ProxCase("proximal_lq", lambda t, s, q: applied_with_zero_updates(proximal_lq(1.0, s, q), t)),
+        ProxCase("proximal_elastic_net",
+                 lambda t, s, q: applied_with_zero_updates(proximal_elastic_net(1.0, s, s / 2), t)),
+    ]
 
 
 def projection_cases() -> list[ProjectionCase]:
-    cases = []
-    projection_lq_ball = optional("projection", "projection_lq_ball")
-    project_lq_ball = optional("projection", "project_lq_ball")
-    if projection_lq_ball is not None:
-        cases.append(ProjectionCase("projection_lq_ball", lambda t, r, q: projection_lq_ball(t, r, q)))
-    if project_lq_ball is not None:
-        cases.append(ProjectionCase("project_lq_ball",
-                                    lambda t, r, q: applied_with_zero_updates(project_lq_ball(r, q), t)))
-        cases.append(ProjectionCase("project_lq_ball(per_leaf)", lambda t, r, q: applied_with_zero_updates(
-            project_lq_ball(r, q, per_leaf=True), {"only": t})["only"]))
-    return cases
+    projection_lq_ball, project_lq_ball = optreg.projections.projection_lq_ball, optreg.project_lq_ball
+    return [
+        ProjectionCase("projection_lq_ball", lambda t, r, q: projection_lq_ball(t, r, q)),
+        ProjectionCase("project_lq_ball", lambda t, r, q: applied_with_zero_updates(project_lq_ball(r, q), t)),
+        ProjectionCase("project_lq_ball(per_leaf)", lambda t, r, q: applied_with_zero_updates(
+            project_lq_ball(r, q, per_leaf=True), {"only": t})["only"]),
+    ]
 
 
 PROX_CASES = prox_cases()
@@ -331,8 +308,6 @@ PROJECTION_CASES = projection_cases()
 @settings(SETTINGS, max_examples=60)
 @given(data=st.data(), dtype=st.sampled_from(DTYPES), q=st.sampled_from(PROX_EXPONENTS), s=strengths)
 def test_prox_never_grows_and_never_flips_a_sign(data, dtype, q, s):
-    if not PROX_CASES:
-        pytest.skip("optreg.prox / optreg.proximal are not importable (issue 4)")
     case = data.draw(st.sampled_from(PROX_CASES), label="case")
     with x64_context(dtype):
         params = data.draw(hostile_trees(dtype), label="params")
@@ -346,10 +321,7 @@ def test_prox_never_grows_and_never_flips_a_sign(data, dtype, q, s):
 
 
 def test_prox_group_lasso_takes_empty_leaves():
-    prox_group_lasso = optional("prox", "prox_group_lasso")
-    if prox_group_lasso is None:
-        pytest.skip("optreg.prox is not importable (issue 4)")
-    out = prox_group_lasso({"empty": jnp.zeros((0, 3)), "w": jnp.ones(2)}, 0.1)
+    out = optreg.prox.prox_group_lasso({"empty": jnp.zeros((0, 3)), "w": jnp.ones(2)}, 0.1)
     assert out["empty"].shape == (0, 3)
 
 
@@ -396,8 +368,6 @@ def check_projection(case: ProjectionCase, dtype: str, tree: Any, radius: float,
        radius=st.one_of(st.sampled_from([0.0, 1e-2, 1.0, 1e3]), st.floats(1e-2, 1e3)))
 def test_projection_lands_inside_the_ball(data, dtype, q, radius):
     """Weights and radii of ordinary size (|w| <= 100, with 0, ±tiny and subnormals)."""
-    if not PROJECTION_CASES:
-        pytest.skip("optreg.projection is not importable (issue 4)")
     case = data.draw(st.sampled_from(PROJECTION_CASES), label="case")
     ordinary = st.one_of(st.sampled_from([v for v in special_values(dtype) if abs(v) <= 100]),
                          st.floats(-100, 100, allow_nan=False))
@@ -425,8 +395,6 @@ PROJECTION_BUGS = [  # (q, radius, leaves as float32): regressions, each once a 
 
 @pytest.mark.parametrize("q, radius, leaves", PROJECTION_BUGS)
 def test_projection_known_bugs(q, radius, leaves):
-    if not PROJECTION_CASES:
-        pytest.skip("optreg.projection is not importable (issue 4)")
     tree = {"a": jnp.asarray(leaves[0], jnp.float32), "b": [], "step": jnp.asarray(3, jnp.int32)}
     check_projection(PROJECTION_CASES[0], "float32", tree, radius, q)
 
@@ -435,8 +403,6 @@ def test_projection_known_bugs(q, radius, leaves):
 @given(data=st.data(), dtype=st.sampled_from(DTYPES), q=st.sampled_from(BALL_EXPONENTS),
        radius=st.one_of(st.sampled_from([0.0, 1e-6, 1.0, 1e30]), st.floats(0.0, 1e3)))
 def test_projection_lands_inside_the_ball_for_hostile_weights(data, dtype, q, radius):
-    if not PROJECTION_CASES:
-        pytest.skip("optreg.projection is not importable (issue 4)")
     case = data.draw(st.sampled_from(PROJECTION_CASES), label="case")
     with x64_context(dtype):
         tree = {"a": data.draw(float_arrays(dtype), label="a"), "b": [data.draw(float_arrays(dtype), label="b")],
@@ -445,7 +411,7 @@ def test_projection_lands_inside_the_ball_for_hostile_weights(data, dtype, q, ra
 
 
 # ---------------------------------------------------------------------------------------------
-# Soft weight sharing (issue 3) under hostile weights, for hundreds of steps.
+# Soft weight sharing under hostile weights, for hundreds of steps.
 # ---------------------------------------------------------------------------------------------
 
 
