@@ -71,6 +71,10 @@ class MixturePrior(NamedTuple):
     zero_mixing: Optional[Pair] = None
 
 
+#: Ullrich et al.'s hyperpriors, the default of :func:`optreg.soft_share_prior`.
+ULLRICH_PRIOR = MixturePrior()
+
+
 class MixtureState(NamedTuple):
     """State of :func:`optreg.soft_share_prior`: the mixture, its optimizer's state and the mask.
 
@@ -139,9 +143,8 @@ def check_prior(prior: Any) -> MixturePrior:
 
 def as_mixture(state: Any, dtype: Any = jnp.float32) -> MixtureParams:
     """The mixture fields of a :class:`MixtureState` (or :class:`MixtureParams`) as arrays of ``dtype``."""
-    return MixtureParams(
-        jnp.asarray(state.means, dtype), jnp.asarray(state.log_precisions, dtype), jnp.asarray(state.mixing_logits, dtype)
-    )
+    return MixtureParams(*(jnp.asarray(field, dtype) for field in (state.means, state.log_precisions,
+                                                                    state.mixing_logits)))
 
 
 def log_joint(w: jax.Array, mixture: MixtureParams, log_mixing: jax.Array) -> jax.Array:

@@ -38,11 +38,11 @@ from optreg._hyper import Hyperparameter
 from optreg._mixture import (
     BIG,
     LOG_PRECISION_BOUNDS,
+    ULLRICH_PRIOR,
     MixtureParams,
     MixturePrior,
     MixtureState,
     as_mixture,
-    check_pair,
     check_prior,
     hyperprior_nll,
     in_mixture_dtype,
@@ -117,36 +117,38 @@ def _fields_optimizer(rates: Any) -> optax.GradientTransformation:
     return optax.chain(optax.scale_by_adam(), scale)
 
 
-def _legacy_prior(kwargs: dict, prior: Any, function: str) -> Any:
-    """Folds the old ``precision_prior=``, ``zero_precision_prior=``, ``zero_mixing_prior=`` into ``prior``."""
-    moved = {"precision_prior": "precision", "zero_precision_prior": "zero_precision",
-             "zero_mixing_prior": "zero_mixing"}
-    for old, field in moved.items():
-        if old in kwargs:
-            warnings.warn(
-                f"{function}({old}=...) is deprecated: pass prior=optreg.MixturePrior({field}=...).",
-                DeprecationWarning, stacklevel=4,
-            )
-            prior = prior._replace(**{field: kwargs.pop(old)})
-    return prior
+_MOVED_TO_PRIOR = {"precision_prior": "precision", "zero_precision_prior": "zero_precision",
+                   "zero_mixing_prior": "zero_mixing"}
 
 
-def _reject_unknown(kwargs: dict, function: str) -> None:
-    if kwargs:
-        raise TypeError(f"{function}() got unexpected keyword argument(s) {sorted(kwargs)}.")
-
-
-def _renamed_strength(spelling: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turns the old ``strength=`` keyword into a TypeError naming the new spelling (its meaning moved)."""
+def _legacy_keywords(spelling: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Old keywords: ``strength=`` (its meaning moved) raises a TypeError naming the new spelling;
+    ``precision_prior=`` & co. (now ``prior=``) and ``learning_rates=`` (now ``optimizer=``) still work
+    for one release with a DeprecationWarning. The wrapped signature stays the new one (as
+    ``inspect.signature`` and ``optax.inject_hyperparams`` read it)."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        name = function.__name__
+
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if "strength" in kwargs:
-                raise TypeError(
-                    f"{function.__name__}() no longer takes strength=: τ is now called weight_decay and comes "
-                    f"first. Call {spelling}."
-                )
+                raise TypeError(f"{name}() no longer takes strength=: τ is now called weight_decay and comes "
+                                f"first. Call {spelling}.")
+            moved = [key for key in _MOVED_TO_PRIOR if key in kwargs]
+            if moved:
+                fields = ", ".join(f"{_MOVED_TO_PRIOR[key]}=..." for key in moved)
+                warnings.warn(f"{name}({', '.join(key + '=...' for key in moved)}) is deprecated: pass "
+                              f"prior=optreg.MixturePrior({fields}).", DeprecationWarning, stacklevel=2)
+                prior = kwargs.get("prior", MixturePrior())
+                kwargs["prior"] = prior._replace(**{_MOVED_TO_PRIOR[key]: kwargs.pop(key) for key in moved})
+            if "learning_rates" in kwargs and name == "soft_share_prior":
+                warnings.warn("soft_share_prior(learning_rates=...) is deprecated: pass optimizer=, e.g. "
+                              "optax.multi_transform({...}, optreg.MixtureParams('means', 'log_precisions', "
+                              "'mixing_logits')).", DeprecationWarning, stacklevel=2)
+                if kwargs.get("optimizer") is not None:
+                    raise TypeError("pass either optimizer= or the deprecated learning_rates=, not both.")
+                kwargs["optimizer"] = _fields_optimizer(kwargs.pop("learning_rates"))
             return function(*args, **kwargs)
 
         return wrapper
@@ -159,7 +161,8 @@ def _renamed_strength(spelling: str) -> Callable[[Callable[..., Any]], Callable[
 
 def selected_flags(params: Any, mask: Mask) -> list[bool]:
     """One bool per leaf: under the prior (selected by ``mask`` and floating)."""
-    return [keep and _tree.is_floating(leaf) for leaf, keep in zip(jax.tree.leaves(params), _tree.resolve_mask(mask, params))]
+    selected = _tree.resolve_mask(mask, params)
+    return [keep and _tree.is_floating(leaf) for leaf, keep in zip(jax.tree.leaves(params), selected)]
 
 
 def _initial_mixture(
@@ -239,12 +242,12 @@ def _pair(weights: list[jax.Array], mixture: MixtureParams, log_mixing: jax.Arra
     return fast_pair(weights, mixture, log_mixing, learned, grid_size)
 
 
-@_renamed_strength(_TRANSFORM_SPELLING)
+@_legacy_keywords(_TRANSFORM_SPELLING)
 def soft_share_prior(
     weight_decay: Hyperparameter,
     num_components: int = 17,
     *,
-    prior: MixturePrior = MixturePrior(),
+    prior: MixturePrior = ULLRICH_PRIOR,
     zero_mixing: Any = 0.99,
     learn_zero_mixing: bool = False,
     optimizer: Optional[optax.GradientTransformation] = None,
@@ -253,7 +256,6 @@ def soft_share_prior(
     mode: str = "fast",
     grid_size: int = 4096,
     mask: Mask = None,
-    **deprecated: Any,
 ) -> optax.GradientTransformation:
     """Adds τ·Σ_j r_ij λ_j (w_i − μ_j), the gradient of a learned mixture prior, and learns the mixture.
 
@@ -289,9 +291,10 @@ def soft_share_prior(
       grid_size: G, the fast mode's grid points (static, >= 16).
       mask: optax-style mask (None: every floating leaf). The mixture is shared by, and its
         statistics are global over, all selected leaves.
-      **deprecated: ``precision_prior``, ``zero_precision_prior``, ``zero_mixing_prior`` (now
-        ``prior``) and ``learning_rates`` (now ``optimizer``) still work with a DeprecationWarning;
-        ``strength`` (now ``weight_decay``, first) raises a TypeError.
+
+    The old keywords ``precision_prior``, ``zero_precision_prior``, ``zero_mixing_prior`` (now
+    ``prior``) and ``learning_rates`` (now ``optimizer``) still work with a DeprecationWarning;
+    ``strength`` (now ``weight_decay``, first) raises a TypeError.
 
     Returns:
       An ``optax.GradientTransformation`` with a :class:`MixtureState`; ``update`` requires ``params``.
@@ -312,7 +315,7 @@ def soft_share_prior(
       Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
     """
     config = _TransformConfig.build(weight_decay, num_components, prior, zero_mixing, learn_zero_mixing, optimizer,
-                                    init_range, init_std, mode, grid_size, deprecated)
+                                    init_range, init_std, mode, grid_size)
 
     @jax.jit
     def initial_mixture(weights: list[jax.Array], zero: jax.Array) -> MixtureParams:
@@ -326,7 +329,8 @@ def soft_share_prior(
         weights = [in_mixture_dtype(leaf) for leaf, keep in zip(leaves, flags) if keep]
         mixture = initial_mixture(weights, jnp.asarray(zero_mixing, jnp.float32))
         recorded = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flag) for flag in flags])
-        return MixtureState(_hyper.init_count().count, *mixture, config.optimizer.init(mixture), recorded)
+        return MixtureState(_hyper.init_count().count, mixture.means, mixture.log_precisions, mixture.mixing_logits,
+                            config.optimizer.init(mixture), recorded)
 
     def update_fn(updates: Any, state: MixtureState, params: Optional[Any] = None) -> tuple[Any, MixtureState]:
         params = require_params(params, "soft_share_prior")
@@ -348,7 +352,8 @@ def soft_share_prior(
         grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
         steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
         stepped = pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing)
-        new_state = MixtureState(optax.safe_int32_increment(state.count), *stepped, optimizer_state, state.mask)
+        new_state = MixtureState(optax.safe_int32_increment(state.count), stepped.means, stepped.log_precisions,
+                                 stepped.mixing_logits, optimizer_state, state.mask)
         return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -363,20 +368,11 @@ class _TransformConfig:
 
     @classmethod
     def build(cls, weight_decay: Any, num_components: Any, prior: Any, zero_mixing: Any, learn_zero_mixing: Any,
-              optimizer: Any, init_range: Any, init_std: Any, mode: Any, grid_size: Any,
-              deprecated: dict) -> _TransformConfig:
+              optimizer: Any, init_range: Any, init_std: Any, mode: Any, grid_size: Any) -> _TransformConfig:
         _check_weight_decay(weight_decay, _TRANSFORM_SPELLING)
         num_components = _check_int(num_components, "num_components", 2)
         grid_size = _check_int(grid_size, "grid_size", 16)
-        prior = check_prior(_legacy_prior(deprecated, prior, "soft_share_prior"))
-        if "learning_rates" in deprecated:
-            warnings.warn("soft_share_prior(learning_rates=...) is deprecated: pass optimizer=, e.g. "
-                          "optax.multi_transform(..., optreg.MixtureParams('means', 'log_precisions', "
-                          "'mixing_logits')).", DeprecationWarning, stacklevel=3)
-            if optimizer is not None:
-                raise TypeError("pass either optimizer= or the deprecated learning_rates=, not both.")
-            optimizer = _fields_optimizer(deprecated.pop("learning_rates"))
-        _reject_unknown(deprecated, "soft_share_prior")
+        prior = check_prior(prior)
         _check_fraction(zero_mixing, "zero_mixing")
         if not isinstance(learn_zero_mixing, (bool, np.bool_)):
             raise TypeError(f"learn_zero_mixing must be a bool, got {learn_zero_mixing!r}.")
@@ -408,16 +404,15 @@ def _state_mask_flags(state: Any, params: Any) -> Optional[list[Any]]:
         ) from error
 
 
-@_renamed_strength(_PENALTY_SPELLING)
+@_legacy_keywords(_PENALTY_SPELLING)
 def soft_share_penalty(
     params: Any,
     weight_decay: Hyperparameter,
     state: Optional[MixtureState] = None,
     *,
-    prior: MixturePrior = MixturePrior(),
+    prior: MixturePrior = ULLRICH_PRIOR,
     mask: Mask = None,
     count: Any = 0,
-    **deprecated: Any,
 ) -> jax.Array:
     """Ω = τ·[−Σ_i log p(w_i) − log hyperpriors], the loss-side form of :func:`soft_share_prior`.
 
@@ -433,8 +428,6 @@ def soft_share_penalty(
       prior: the hyperpriors, as given to the transform.
       mask: optax-style mask; None uses the mask the state recorded (every floating leaf if none).
       count: the step at which a schedule is evaluated (the transform's k-th update uses ``count=k``).
-      **deprecated: ``precision_prior``, ``zero_precision_prior``, ``zero_mixing_prior`` (now ``prior``),
-        with a DeprecationWarning.
 
     Returns:
       A scalar (float32; float64 for float64 params).
@@ -458,8 +451,7 @@ def soft_share_penalty(
             f"MixtureState. Call {_PENALTY_SPELLING}."
         )
     _check_weight_decay(weight_decay, _PENALTY_SPELLING)
-    prior = check_prior(_legacy_prior(deprecated, prior, "soft_share_penalty"))
-    _reject_unknown(deprecated, "soft_share_penalty")
+    prior = check_prior(prior)
     leaves = jax.tree.leaves(params)
     recorded = _state_mask_flags(state, params) if mask is None else None
     flags: Sequence[Any] = selected_flags(params, mask) if recorded is None else [

@@ -39,9 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optreg import _soft_share_budget as _budget
 from optreg import _tree
 from optreg._compression import DEFAULT_FAR_SIGMAS, DEFAULT_KL_THRESHOLD, LayerDiagnostics, SnapWarning, quantize
-from optreg._mixture import MixtureParams, MixturePrior, MixtureState
+from optreg._mixture import MixturePrior, MixtureState
 from optreg._soft_share import soft_share_prior
 from optreg._soft_share_batches import Batches
 from optreg._storage import CompressionReport, compression_report
@@ -50,6 +51,8 @@ from optreg._tree import Mask
 #: The hyperpriors in normalised units (weights divided by their leaf's RMS): non-zero components
 #: held near σ = 0.25 (Gamma mode (α − 1)/β = 16), the zero component near σ_0 = 0.05 (mode 400).
 DEFAULT_PRIOR = MixturePrior(precision=(10000.0, 625.0), zero_precision=(5000.0, 12.5))
+#: The storage floor the fine-tune prunes to when the prior left the network denser.
+DEFAULT_MIN_RATE = 48.0
 
 
 class SoftShareCompressed(NamedTuple):
@@ -95,6 +98,7 @@ class _Settings(NamedTuple):
     mixture_learning_rate: float
     kl_threshold: float
     far_sigmas: float
+    min_rate: Optional[float]
 
 
 # ----------------------------------------------------------------------------- the float leaves, normalised
@@ -122,6 +126,13 @@ class _Layout:
         leaves = list(self.leaves)
         for index, value, scale in zip(self.floating, values, self.scales):
             leaves[index] = (value * scale).astype(jnp.asarray(self.leaves[index]).dtype)
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def host_params(self, values: list[np.ndarray]) -> Any:
+        """The full pytree on the host with these float leaves (for counting bits; not scaled)."""
+        leaves: list[Any] = [np.asarray(leaf) if hasattr(leaf, "shape") else leaf for leaf in self.leaves]
+        for index, value in zip(self.floating, values):
+            leaves[index] = value
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
     def mask_tree(self) -> Any:
@@ -215,12 +226,56 @@ def _rounded(values: list[jax.Array], codebooks: list[Optional[jax.Array]], keep
     return out
 
 
+def _magnitudes(values: list[jax.Array], keep: list[Optional[Any]]) -> list[Optional[np.ndarray]]:
+    """|v| of the quantised leaves' kept weights on the host (0 where zero; None for other leaves)."""
+    return [None if k is None else np.where(np.asarray(k), np.abs(np.asarray(v, np.float32)), 0.0)
+            for v, k in zip(values, keep)]
+
+
+def _saliencies(carry: Any, keep: list[Optional[Any]]) -> list[Optional[np.ndarray]]:
+    """Optimal Brain Damage's ½·F_ii·v_i² with the empirical Fisher F_ii ≈ Adam's second moment (as √)."""
+    values = carry[0][0]
+    second_moment = carry[1].inner_states["weights"].inner_state[0].nu[0]
+    return [None if k is None else np.where(np.asarray(k), np.sqrt(np.asarray(n, np.float64))
+                                            * np.abs(np.asarray(v, np.float64)) + 1e-30, 0.0)
+            for v, n, k in zip(values, second_moment, keep)]
+
+
+def _rate_of_pattern(layout: _Layout, snapped: list[jax.Array]) -> Callable[[list[Optional[np.ndarray]]], float]:
+    """pattern (per leaf: non-zero where kept) -> the compression rate of the snapped values on it."""
+    host_snapped = [np.asarray(q, np.float32) for q in snapped]
+    mask_tree = layout.mask_tree()
+
+    def rate(pattern: list[Optional[np.ndarray]]) -> float:
+        leaves = [q if p is None else np.where(p != 0, q, 0.0) for q, p in zip(host_snapped, pattern)]
+        return float(compression_report(layout.host_params(leaves), mask=mask_tree).compression_rate)
+
+    return rate
+
+
+def _prune(carry: Any, keep: list[Optional[jax.Array]], base: int, rate: Callable[..., float], index: int,
+           settings: _Settings) -> list[Optional[jax.Array]]:
+    """One pruning event: the zeros the floor needs under the current saliencies, times the cubic schedule."""
+    saliencies = _saliencies(carry, keep)
+    zeros = sum(int(np.sum(m == 0)) for m in saliencies if m is not None)
+    assert settings.min_rate is not None
+    needed = _budget.extra_zeros_for_rate(saliencies, rate, settings.min_rate) + zeros - base
+    due = _budget.zeros_due(index, settings.finetune_steps, needed)
+    masks = _budget.prune_smallest(saliencies, base + due - zeros)
+    return [None if m is None else jnp.asarray(m) for m in masks]
+
+
 def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches, values: list[jax.Array],
               snapped: list[jax.Array], codebook: np.ndarray, settings: _Settings,
               callback: Any) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
-    """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding."""
+    """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding.
+
+    When the snapped network stores below ``min_rate``, the smallest weights are zeroed on the
+    cubic schedule of :mod:`optreg._soft_share_budget` during the first half.
+    """
     nonzero_values = jnp.asarray(codebook[1:], jnp.float32)
-    keep = [(q != 0) if quantised else None for q, quantised in zip(snapped, layout.quantised)]
+    keep: list[Optional[jax.Array]] = [(q != 0) if quantised else None
+                                       for q, quantised in zip(snapped, layout.quantised)]
     codebooks: list[Optional[jax.Array]] = [
         (jnp.array(nonzero_values, copy=True) if nonzero_values.size else None) if quantised else None
         for quantised in layout.quantised]
@@ -240,8 +295,17 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
         updates, state = tx.update(grads, state, t)
         return optax.apply_updates(t, updates), state
 
-    trainable, _ = _train(lambda carry, batch: step(carry, batch, keep), (trainable, tx.init(trainable)), batches,
-                          settings.finetune_steps, "finetune", callback)
+    rate = _rate_of_pattern(layout, snapped)
+    prune = settings.min_rate is not None and rate(_magnitudes(values, keep)) < settings.min_rate
+    base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
+    carry = (trainable, tx.init(trainable))
+    for index in range(settings.finetune_steps):
+        carry = step(carry, next(batches), keep)
+        if prune and _budget.is_pruning_step(index, settings.finetune_steps):
+            keep = _prune(carry, keep, base, rate, index, settings)
+        if callback is not None:
+            callback("finetune", index, settings.finetune_steps)
+    trainable = carry[0]
     return trainable[0], fill(trainable[1]), keep
 
 
@@ -282,12 +346,12 @@ def _scales(layout: _Layout) -> Any:
 
 
 def _positive(value: Any, name: str, *, integer: bool = False, fraction: bool = False) -> Any:
-    kinds = (numbers.Integral,) if integer else (numbers.Real,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(float(value)) or value <= 0 \
-            or (fraction and value >= 1):
+    kinds = (numbers.Integral, np.integer) if integer else (numbers.Real, np.floating, np.integer)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(float(value)) \
+            or float(value) <= 0 or (fraction and float(value) >= 1):
         wanted = "an int >= 1" if integer else ("a number in (0, 1)" if fraction else "a finite number > 0")
         raise ValueError(f"soft_share_compress: {name} must be {wanted}, got {name}={value!r}.")
-    return int(value) if integer else float(value)
+    return int(float(value)) if integer else float(value)
 
 
 def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
@@ -310,9 +374,11 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
         raise ValueError(f"soft_share_compress: num_components must be >= 2, got {values['num_components']}.")
     far_sigmas = _positive(options["far_sigmas"], "far_sigmas")
     kl_threshold = options["kl_threshold"]
-    if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not kl_threshold >= 0:
+    if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not float(kl_threshold) >= 0:
         raise ValueError(f"soft_share_compress: kl_threshold must be a number >= 0, got {kl_threshold!r}.")
-    return _Settings(prior=options["prior"], kl_threshold=float(kl_threshold), far_sigmas=far_sigmas, **values)
+    min_rate = None if options["min_rate"] is None else _positive(options["min_rate"], "min_rate")
+    return _Settings(prior=options["prior"], kl_threshold=float(kl_threshold), far_sigmas=far_sigmas,
+                     min_rate=min_rate, **values)
 
 
 def soft_share_compress(
@@ -334,6 +400,7 @@ def soft_share_compress(
     mixture_learning_rate: Optional[float] = None,
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     far_sigmas: float = DEFAULT_FAR_SIGMAS,
+    min_rate: Optional[float] = DEFAULT_MIN_RATE,
     callback: Optional[Callable[[str, int, int], None]] = None,
 ) -> SoftShareCompressed:
     """Compresses a trained network with soft weight sharing: retrain, snap, fine-tune, count.
@@ -370,6 +437,9 @@ def soft_share_compress(
       mixture_learning_rate: Adam's step on the mixture while retraining (default 1e-2).
       kl_threshold: merging threshold of :func:`optreg.quantize`.
       far_sigmas: k of the diagnostics (weights farther than k·σ from their component).
+      min_rate: a floor on the compression rate (Han et al.'s count): when the snapped network
+        stores below it, the fine-tune prunes the smallest weights gradually until it does
+        (default 48; None: only what the prior decided).
       callback: ``callback(phase, step, total)`` after every step (``phase`` is "retrain" or
         "finetune"), e.g. for a progress bar.
 
@@ -399,7 +469,7 @@ def soft_share_compress(
         "steps": steps, "finetune_steps": finetune_steps, "learning_rate": learning_rate,
         "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
-        "far_sigmas": far_sigmas})
+        "far_sigmas": far_sigmas, "min_rate": min_rate})
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
     values, state = _retrain(layout, loss, stream, settings, callback)
