@@ -40,7 +40,7 @@ ARCHITECTURES: dict[str, tuple[str, tuple]] = {
     "cnn-32-nopool": ("cnn", ((32,), 0, False)),
 }
 SPLITS = ((0, 0.25), (1, 0.3), (2, 0.2), (3, 0.35))
-BASELINE_EPOCHS = 60
+BASELINE_EPOCHS = 100
 BATCH_SIZE = 64
 MAX_DROP, MIN_RATE = 2.0, 40.0  # points, x
 DEMO = ("mlp-300-100", 1.5, 64.0)

@@ -93,6 +93,9 @@ class MixtureState(NamedTuple):
         so that :func:`optreg.quantize` and :func:`optreg.compression_report`
         reuse the transform's mask. None (e.g. in a hand-made state): every
         floating leaf.
+      cache: the fast mode's table of the weight gradient and the mixture it was
+        built for, kept between refreshes (``refresh_every > 1``), else None. A
+        state whose mixture was edited by hand rebuilds it at its next update.
     """
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
@@ -101,6 +104,7 @@ class MixtureState(NamedTuple):
     mixing_logits: jax.Array
     optimizer: Any = None
     mask: Any = None
+    cache: Any = None
 
 
 # ----------------------------------------------------------------------------- checks

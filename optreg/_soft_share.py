@@ -48,13 +48,15 @@ from optreg._mixture import (
     in_mixture_dtype,
     negative_log_density,
 )
-from optreg._soft_share_grid import exact_pair, fast_pair
+from optreg._soft_share_grid import GridCache, build_cache, cached_gradients, empty_cache, exact_pair
 from optreg._tree import Mask
 
 #: Ullrich et al.'s Adam step sizes for (means, log_precisions, mixing_logits).
 DEFAULT_LEARNING_RATES = MixtureParams(3e-4, 3e-3, 3e-3)
 
 _TRANSFORM_SPELLING = "soft_share_prior(weight_decay=τ, num_components=K)"
+#: The mixture's step, the histogram and the fast mode's table are refreshed every this many updates.
+DEFAULT_REFRESH_EVERY = 8
 _PENALTY_SPELLING = "soft_share_penalty(params, weight_decay=τ, state=state)"
 
 
@@ -232,14 +234,34 @@ def mixture_step_gradient(
 # ----------------------------------------------------------------------------- the transform
 
 
-def _pair(weights: list[jax.Array], mixture: MixtureParams, log_mixing: jax.Array, learned: jax.Array, mode: str,
-          grid_size: int) -> tuple[list[jax.Array], MixtureParams]:
-    """(weight gradients, mixture gradient) by the chosen path; zeros when no leaf is selected."""
+def _fast_pair(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
+               learned: jax.Array, grid_size: int, every: int) -> tuple[list[jax.Array], MixtureParams, Any]:
+    """The fast path with its table refreshed every ``every`` updates (and whenever the state's mixture
+    is not the one the cached table was built for): (weight gradients, mixture gradient, cache)."""
+    if every == 1:
+        cache, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
+        return cached_gradients(weights, cache, grid_size), data, None
+    cached: GridCache = state.cache
+    stale = jnp.any(jnp.stack([jnp.any(a != b) for a, b in zip(cached.mixture, mixture)]))
+    branch = jnp.where(state.count % every == 0, 0, jnp.where(stale, 1, 2))
+    zeros = MixtureParams(*(jnp.zeros_like(field) for field in mixture))
+    cache, data = jax.lax.switch(branch, [
+        lambda: build_cache(weights, mixture, log_mixing, learned, grid_size, True),
+        lambda: build_cache(weights, mixture, log_mixing, learned, grid_size, False),
+        lambda: (cached, zeros),
+    ])
+    return cached_gradients(weights, cache, grid_size), data, cache
+
+
+def _gradient_pair(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
+                   learned: jax.Array, mode: str, config: Any) -> tuple[list[jax.Array], MixtureParams, Any]:
+    """(weight gradients, mixture gradient, new cache) by the chosen path; zeros when no leaf is selected."""
     if not weights:
-        return [], MixtureParams(*(jnp.zeros_like(field) for field in mixture))
+        return [], MixtureParams(*(jnp.zeros_like(field) for field in mixture)), state.cache
     if mode == "exact":
-        return exact_pair(weights, mixture, log_mixing, learned)
-    return fast_pair(weights, mixture, log_mixing, learned, grid_size)
+        gradients, data = exact_pair(weights, mixture, log_mixing, learned)
+        return gradients, data, None
+    return _fast_pair(weights, state, mixture, log_mixing, learned, config.grid_size, config.refresh_every)
 
 
 @_legacy_keywords(_TRANSFORM_SPELLING)
@@ -255,6 +277,7 @@ def soft_share_prior(
     init_std: Optional[float] = None,
     mode: str = "fast",
     grid_size: int = 4096,
+    refresh_every: int = DEFAULT_REFRESH_EVERY,
     mask: Mask = None,
 ) -> optax.GradientTransformation:
     """Adds τ·Σ_j r_ij λ_j (w_i − μ_j), the gradient of a learned mixture prior, and learns the mixture.
@@ -281,14 +304,23 @@ def soft_share_prior(
       prior: the hyperpriors, a :class:`MixturePrior` (default: Ullrich et al.'s Gamma priors).
       zero_mixing: π_0 in (0, 1), fixed, or the initial value when learned.
       learn_zero_mixing: learn π_0 too (under ``prior.zero_mixing`` if given).
-      optimizer: the mixture's optimizer, any optax transform over a :class:`MixtureParams`;
-        default Adam with step sizes (3e-4, 3e-3, 3e-3) for (means, log-precisions, logits),
-        as Ullrich et al. (``optax.multi_transform`` labels: ``MixtureParams("means",
-        "log_precisions", "mixing_logits")``).
+      optimizer: the mixture's optimizer, any optax transform over a :class:`MixtureParams`,
+        stepped once per refresh; default Adam with Ullrich et al.'s step sizes (3e-4, 3e-3, 3e-3)
+        for (means, log-precisions, logits) times ``refresh_every`` (the same pace per update).
+        For other rates: ``optax.multi_transform({...}, MixtureParams("means", "log_precisions",
+        "mixing_logits"))``.
       init_range: (low, high) for the initial means instead of the weights' range.
       init_std: initial σ of every component instead of range/5.
       mode: ``"fast"`` (tabulated gradient, histogram sums: O(G·K + N)) or ``"exact"`` (O(N·K)).
       grid_size: G, the fast mode's grid points (static, >= 16).
+      refresh_every: k >= 1 (static): the mixture's step, and in the fast mode the weights' histogram
+        and the table over the grid, are done every k-th update (the first included); the weight
+        gradient is added at every update, from the table of the state's current mixture (which
+        changes only at a refresh; a state edited by hand is noticed and its table rebuilt). On a
+        refresh the grid spans the weights' range plus 5 % on each side; a weight that leaves it
+        before the next refresh gets the table's tangent at the end (linear extrapolation). The
+        default 8 makes the fixed per-step cost (table, histogram, mixture step) 8 times smaller;
+        1 refreshes at every update.
       mask: optax-style mask (None: every floating leaf). The mixture is shared by, and its
         statistics are global over, all selected leaves.
 
@@ -315,7 +347,7 @@ def soft_share_prior(
       Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
     """
     config = _TransformConfig.build(weight_decay, num_components, prior, zero_mixing, learn_zero_mixing, optimizer,
-                                    init_range, init_std, mode, grid_size)
+                                    init_range, init_std, mode, grid_size, refresh_every)
 
     @jax.jit
     def initial_mixture(weights: list[jax.Array], zero: jax.Array) -> MixtureParams:
@@ -329,8 +361,10 @@ def soft_share_prior(
         weights = [in_mixture_dtype(leaf) for leaf, keep in zip(leaves, flags) if keep]
         mixture = initial_mixture(weights, jnp.asarray(zero_mixing, jnp.float32))
         recorded = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flag) for flag in flags])
+        cache = empty_cache(config.num_components, config.grid_size) if mode == "fast" and \
+            config.refresh_every > 1 else None
         return MixtureState(_hyper.init_count().count, mixture.means, mixture.log_precisions, mixture.mixing_logits,
-                            config.optimizer.init(mixture), recorded)
+                            config.optimizer.init(mixture), recorded, cache)
 
     def update_fn(updates: Any, state: MixtureState, params: Optional[Any] = None) -> tuple[Any, MixtureState]:
         params = require_params(params, "soft_share_prior")
@@ -343,17 +377,25 @@ def soft_share_prior(
         log_mixing = jax.nn.log_softmax(mixture.mixing_logits)
         learned = log_mixing if learn_zero_mixing else learned_log_mixing(mixture.mixing_logits, zero_mixing, False)
         weights = [in_mixture_dtype(param_leaves[i]) for i in chosen]
-        gradients, data = _pair(weights, mixture, log_mixing, learned, mode, config.grid_size)
+        gradients, data, cache = _gradient_pair(weights, state, mixture, log_mixing, learned, mode, config)
         tau = _hyper.value_at(weight_decay, state.count).astype(jnp.float32)
         new_leaves = list(update_leaves)
         for index, gradient in zip(chosen, gradients):
             u = update_leaves[index]
             new_leaves[index] = (u + (tau * gradient).astype(u.dtype)).astype(u.dtype)
-        grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
-        steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
-        stepped = pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing)
+
+        def mixture_step(_: Any) -> tuple[MixtureParams, Any]:
+            grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
+            steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
+            return pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing), optimizer_state
+
+        if config.refresh_every == 1:
+            stepped, optimizer_state = mixture_step(None)
+        else:
+            stepped, optimizer_state = jax.lax.cond(state.count % config.refresh_every == 0, mixture_step,
+                                                    lambda _: (mixture, state.optimizer), None)
         new_state = MixtureState(optax.safe_int32_increment(state.count), stepped.means, stepped.log_precisions,
-                                 stepped.mixing_logits, optimizer_state, state.mask)
+                                 stepped.mixing_logits, optimizer_state, state.mask, cache)
         return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -363,15 +405,18 @@ class _TransformConfig:
     """The validated, static settings of one :func:`soft_share_prior`."""
 
     def __init__(self, num_components: int, grid_size: int, prior: MixturePrior,
-                 optimizer: optax.GradientTransformation) -> None:
+                 optimizer: optax.GradientTransformation, refresh_every: int) -> None:
         self.num_components, self.grid_size, self.prior, self.optimizer = num_components, grid_size, prior, optimizer
+        self.refresh_every = refresh_every
 
     @classmethod
     def build(cls, weight_decay: Any, num_components: Any, prior: Any, zero_mixing: Any, learn_zero_mixing: Any,
-              optimizer: Any, init_range: Any, init_std: Any, mode: Any, grid_size: Any) -> _TransformConfig:
+              optimizer: Any, init_range: Any, init_std: Any, mode: Any, grid_size: Any,
+              refresh_every: Any) -> _TransformConfig:
         _check_weight_decay(weight_decay, _TRANSFORM_SPELLING)
         num_components = _check_int(num_components, "num_components", 2)
         grid_size = _check_int(grid_size, "grid_size", 16)
+        refresh_every = _check_int(refresh_every, "refresh_every", 1)
         prior = check_prior(prior)
         _check_fraction(zero_mixing, "zero_mixing")
         if not isinstance(learn_zero_mixing, (bool, np.bool_)):
@@ -379,11 +424,11 @@ class _TransformConfig:
         if mode not in ("fast", "exact"):
             raise ValueError(f"mode must be 'fast' or 'exact', got mode={mode!r}.")
         _check_init(init_range, init_std)
-        if optimizer is None:
-            optimizer = _fields_optimizer(DEFAULT_LEARNING_RATES)
+        if optimizer is None:  # the mixture steps every k-th update: k-times the step keeps its pace per update
+            optimizer = _fields_optimizer([refresh_every * rate for rate in DEFAULT_LEARNING_RATES])
         elif not isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
-        return cls(num_components, grid_size, prior, optimizer)
+        return cls(num_components, grid_size, prior, optimizer, refresh_every)
 
 
 # ----------------------------------------------------------------------------- the penalty

@@ -52,7 +52,7 @@ from optreg._tree import Mask
 #: held near σ = 0.25 (Gamma mode (α − 1)/β = 16), the zero component near σ_0 = 0.05 (mode 400).
 DEFAULT_PRIOR = MixturePrior(precision=(10000.0, 625.0), zero_precision=(5000.0, 12.5))
 #: The storage floor the fine-tune prunes to when the prior left the network denser.
-DEFAULT_MIN_RATE = 48.0
+DEFAULT_MIN_RATE = 45.0
 
 
 class SoftShareCompressed(NamedTuple):
@@ -179,7 +179,7 @@ def _retrain(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Ba
     prior = soft_share_prior(
         _strength(settings.weight_decay, settings.steps), settings.num_components, prior=settings.prior,
         zero_mixing=settings.zero_mixing, optimizer=optax.adam(settings.mixture_learning_rate), init_std=0.5,
-        mask=list(layout.quantised),
+        refresh_every=1, mask=list(layout.quantised),
     )
     tx = optax.chain(prior, optax.adam(settings.learning_rate))
 
@@ -265,20 +265,45 @@ def _prune(carry: Any, keep: list[Optional[jax.Array]], base: int, rate: Callabl
     return [None if m is None else jnp.asarray(m) for m in masks]
 
 
+#: A leaf keeps at most one codebook value per this many non-zero weights (a value costs 32 bits).
+WEIGHTS_PER_CODEBOOK_VALUE = 16
+
+
+def _leaf_codebook(snapped: np.ndarray) -> Optional[jax.Array]:
+    """The non-zero values one leaf was snapped to, fewer for a small leaf; None when all are zero.
+
+    A leaf with n non-zero weights keeps at most max(1, n // 16) values (a codebook value costs 32
+    bits, two bits per weight at most): the closest pair by Ward's criterion c_a·c_b/(c_a + c_b)·(u_a − u_b)²
+    (c: how many weights use the value) is merged into its count-weighted mean until few enough remain.
+    """
+    unique, usage = np.unique(snapped[snapped != 0], return_counts=True)
+    if not unique.size:
+        return None
+    values, counts = [float(v) for v in unique], [float(c) for c in usage]
+    limit = max(1, int(sum(counts)) // WEIGHTS_PER_CODEBOOK_VALUE)
+    while len(values) > limit:
+        costs = [counts[i] * counts[i + 1] / (counts[i] + counts[i + 1]) * (values[i] - values[i + 1]) ** 2
+                 for i in range(len(values) - 1)]
+        i = int(np.argmin(costs))
+        total = counts[i] + counts[i + 1]
+        values[i] = (counts[i] * values[i] + counts[i + 1] * values[i + 1]) / total
+        counts[i] = total
+        del values[i + 1], counts[i + 1]
+    return jnp.asarray(values, jnp.float32)
+
+
 def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches, values: list[jax.Array],
-              snapped: list[jax.Array], codebook: np.ndarray, settings: _Settings,
+              snapped: list[jax.Array], settings: _Settings,
               callback: Any) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
     """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding.
 
     When the snapped network stores below ``min_rate``, the smallest weights are zeroed on the
     cubic schedule of :mod:`optreg._soft_share_budget` during the first half.
     """
-    nonzero_values = jnp.asarray(codebook[1:], jnp.float32)
     keep: list[Optional[jax.Array]] = [(q != 0) if quantised else None
                                        for q, quantised in zip(snapped, layout.quantised)]
-    codebooks: list[Optional[jax.Array]] = [
-        (jnp.array(nonzero_values, copy=True) if nonzero_values.size else None) if quantised else None
-        for quantised in layout.quantised]
+    codebooks = [_leaf_codebook(np.asarray(q)) if quantised else None
+                 for q, quantised in zip(snapped, layout.quantised)]
     trainable = (values, [c for c in codebooks if c is not None])
     labels = (["weights"] * len(values), ["codebooks"] * len(trainable[1]))
     tx = optax.multi_transform({"weights": optax.adam(settings.finetune_learning_rate),
@@ -439,7 +464,7 @@ def soft_share_compress(
       far_sigmas: k of the diagnostics (weights farther than k·σ from their component).
       min_rate: a floor on the compression rate (Han et al.'s count): when the snapped network
         stores below it, the fine-tune prunes the smallest weights gradually until it does
-        (default 48; None: only what the prior decided).
+        (default 45; None: only what the prior decided).
       callback: ``callback(phase, step, total)`` after every step (``phase`` is "retrain" or
         "finetune"), e.g. for a progress bar.
 
@@ -477,8 +502,7 @@ def soft_share_compress(
     retrained = layout.params(values)
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
-    values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, quantized.codebook,
-                                        settings, callback)
+    values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback)
     final = _rounded(values, codebooks, keep, False)
     losses["final"] = _mean_loss(loss, final, stream.held)
     stored = layout.params(final)

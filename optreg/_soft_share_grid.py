@@ -94,11 +94,17 @@ class Grid(NamedTuple):
     size: int
 
 
+#: The grid spans the weights' range widened by this fraction on each side, so that weights that move
+#: between two refreshes of the table stay on it (beyond it the gradient is extrapolated linearly).
+MARGIN = 0.05
+
+
 def grid_over(weights: Sequence[jax.Array], size: int) -> Grid:
-    """``size`` points evenly spanning the global [min w, max w] of all selected weights."""
+    """``size`` points evenly spanning the global [min w, max w] of all selected weights, plus the margin."""
     low = jnp.min(jnp.stack([jnp.min(w) for w in weights]))
     high = jnp.max(jnp.stack([jnp.max(w) for w in weights]))
     width = jnp.maximum(high - low, 1e-6 * jnp.maximum(1.0, jnp.maximum(jnp.abs(low), jnp.abs(high))))
+    low, width = low - MARGIN * width, (1.0 + 2.0 * MARGIN) * width
     return Grid(low, width / (size - 1), size)
 
 
@@ -107,7 +113,7 @@ def grid_points(grid: Grid) -> jax.Array:
 
 
 def hermite_table(terms: Terms, step: jax.Array) -> jax.Array:
-    """Cubic Hermite coefficients of g on each grid cell, shape (G − 1, 4), in closed form.
+    """Cubic Hermite coefficients of g on each grid cell, shape (4, G − 1), in closed form.
 
     On cell k with s ∈ [0, 1]: g ≈ c0 + s·(c1 + s·(c2 + s·c3)), matching g and g' at both
     ends (g' in the variance form, which does not cancel). Autodiff of the same expressions
@@ -119,26 +125,35 @@ def hermite_table(terms: Terms, step: jax.Array) -> jax.Array:
     slope = jnp.sum(r * terms.precisions, axis=-1) - jnp.sum(r * spread, axis=-1)
     slope = jnp.clip(slope * step, -MAX, MAX)
     g0, g1, d0, d1 = value[:-1], value[1:], slope[:-1], slope[1:]
-    table = jnp.stack([g0, d0, 3.0 * (g1 - g0) - 2.0 * d0 - d1, 2.0 * (g0 - g1) + d0 + d1], axis=-1)
+    table = jnp.stack([g0, d0, 3.0 * (g1 - g0) - 2.0 * d0 - d1, 2.0 * (g0 - g1) + d0 + d1])
     # |c_i| <= max/4 keeps Horner's rule for s in [0, 1] finite (only astronomically wide grids get there).
     return jnp.clip(table, -MAX / 4, MAX / 4)
 
 
-def cell_of(w: jax.Array, grid: Grid) -> tuple[jax.Array, jax.Array]:
-    """Cell index k in [0, G − 2] and position s in [0, 1] of each weight."""
-    t = (w - grid.low) / grid.step
-    cell = jnp.clip(jnp.floor(t), 0, grid.size - 2)
-    return cell.astype(jnp.int32), jnp.clip(t - cell, 0.0, 1.0)
+def cell_of(w: jax.Array, low: jax.Array, step: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Cell index k in [0, G − 2] and position s of each weight (s outside [0, 1] off the grid).
+
+    A product with 1/step and a truncating cast of the clipped position (= floor, as it is >= 0):
+    on XLA:CPU a division and a floor per weight cost as much as the rest of the interpolation.
+    """
+    t = (w - low) * (1.0 / step)
+    cell = jnp.clip(t, 0.0, size - 2.0).astype(jnp.int32)
+    return cell, t - cell
 
 
 def interpolate(table: jax.Array, cell: jax.Array, s: jax.Array) -> jax.Array:
-    # One gather of a 4-vector per weight, laid out like the weights (no gather across shards).
-    c = table.at[cell].get(out_sharding=_tree.sharding_of(cell, trailing_axes=1))
-    value = c[..., 0] + s * (c[..., 1] + s * (c[..., 2] + s * c[..., 3]))
+    """The cubic on the weight's cell; off the grid, its tangent at the grid's end (linear extrapolation)."""
+    # One gather per coefficient, laid out like the weights (no gather across shards; four 1-D gathers
+    # are faster on XLA:CPU than one gather of 4-vectors).
+    sharding = _tree.sharding_of(cell)
+    c0, c1, c2, c3 = (table[i].at[cell].get(out_sharding=sharding) for i in range(4))
+    inside = jnp.clip(s, 0.0, 1.0)
+    value = c0 + inside * (c1 + inside * (c2 + inside * c3))
+    slope = c1 + inside * (2.0 * c2 + 3.0 * inside * c3)
+    value = value + jnp.clip(slope * (s - inside), -MAX, MAX)
     # Dividing by 1 + 0·s (exactly 1 for finite s) makes the result an "expensive" value that XLA
     # writes once rather than recomputes in each consumer. Without it, in chain(soft_share_prior, adam)
-    # XLA:CPU writes the gathered (N, 4) coefficients and evaluates the cubic in both of Adam's
-    # moment loops: 141 instead of ~97 bytes/param and about twice the time.
+    # XLA:CPU evaluates the cubic (and its gathers) again in each of Adam's moment loops.
     return jnp.clip(value / (1.0 + 0.0 * s), -MAX, MAX)
 
 
@@ -154,16 +169,51 @@ def histogram(cells: Sequence[tuple[jax.Array, jax.Array]], size: int, dtype: jn
     return counts.astype(dtype)
 
 
+class GridCache(NamedTuple):
+    """The fast path's table, kept in the state between refreshes: valid for ``mixture`` only."""
+
+    table: jax.Array  # (4, G − 1) Hermite coefficients
+    low: jax.Array  # the grid's first point
+    step: jax.Array  # the grid's spacing
+    mixture: MixtureParams  # the mixture the table was built for (NaN: none yet)
+
+
+def empty_cache(num_components: int, grid_size: int) -> GridCache:
+    def nan() -> jax.Array:  # three distinct buffers: a donated state must not hold one buffer twice
+        return jnp.full([num_components], jnp.nan, jnp.float32)
+
+    return GridCache(jnp.zeros([4, grid_size - 1], jnp.float32), jnp.zeros([], jnp.float32),
+                     jnp.ones([], jnp.float32), MixtureParams(nan(), nan(), nan()))
+
+
+def build_cache(
+    weights: Sequence[jax.Array], mixture: MixtureParams, log_mixing: jax.Array, learned_log_mixing: jax.Array,
+    grid_size: int, with_statistics: bool,
+) -> tuple[GridCache, MixtureParams]:
+    """A table over the weights' current range for ``mixture``, and (``with_statistics``) the mixture's
+    gradient from the histogram of the weights on the same grid (else zeros)."""
+    grid = grid_over(weights, grid_size)
+    points = grid_points(grid)
+    terms = terms_at(points, mixture, log_mixing)
+    cache = GridCache(hermite_table(terms, grid.step).astype(jnp.float32), grid.low.astype(jnp.float32),
+                      grid.step.astype(jnp.float32), MixtureParams(*(f.astype(jnp.float32) for f in mixture)))
+    if not with_statistics:
+        return cache, MixtureParams(*(jnp.zeros_like(field) for field in mixture))
+    counts = histogram([cell_of(w, grid.low, grid.step, grid_size) for w in weights], grid_size, points.dtype)
+    data_terms = terms if learned_log_mixing is log_mixing else terms_at(points, mixture, learned_log_mixing)
+    return cache, mixture_gradient(data_terms, counts)
+
+
+def cached_gradients(weights: Sequence[jax.Array], cache: GridCache, grid_size: int) -> list[jax.Array]:
+    """g(w) for every weight from the cached table."""
+    return [interpolate(cache.table, *cell_of(w, cache.low, cache.step, grid_size)).astype(w.dtype)
+            for w in weights]
+
+
 def fast_pair(
     weights: Sequence[jax.Array], mixture: MixtureParams, log_mixing: jax.Array, learned_log_mixing: jax.Array,
     grid_size: int,
 ) -> tuple[list[jax.Array], MixtureParams]:
     """(weight gradients, mixture gradient) from the grid: the same pair as :func:`exact_pair`, to ~1e-4."""
-    grid = grid_over(weights, grid_size)
-    cells = [cell_of(w, grid) for w in weights]
-    points = grid_points(grid)
-    terms = terms_at(points, mixture, log_mixing)
-    counts = histogram(cells, grid_size, points.dtype)
-    data_terms = terms if learned_log_mixing is log_mixing else terms_at(points, mixture, learned_log_mixing)
-    table = hermite_table(terms, grid.step)
-    return [interpolate(table, cell, s) for cell, s in cells], mixture_gradient(data_terms, counts)
+    cache, data = build_cache(weights, mixture, log_mixing, learned_log_mixing, grid_size, True)
+    return cached_gradients(weights, cache, grid_size), data

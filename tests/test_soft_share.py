@@ -114,6 +114,28 @@ def test_fast_mode_within_1e4_of_exact_on_a_sharp_mixture():
         np.testing.assert_allclose(f, e, atol=1e-6)
 
 
+def test_table_kept_between_refreshes_is_the_current_mixtures():
+    """With refresh_every=4 the table is rebuilt only on refreshes (or for an edited state); in between the
+    weights move, and the added gradient is still the exact one of the state's mixture on the grid."""
+    rng = np.random.default_rng(11)
+    params = {"w": jnp.asarray(rng.uniform(-0.5, 0.5, (50, 40)), jnp.float32)}
+    tx = optreg.soft_share_prior(1.0, K, refresh_every=4)
+    state = trained_like_state(tx, params)  # edited by hand: its cached table is stale
+    step = jax.jit(tx.update)
+    for k in range(6):
+        moved = {"w": params["w"] * (1.0 + 0.01 * k)}  # the last ones leave the grid built at the refresh
+        added, new_state = step(zeros_like(moved), state, moved)
+        exact = numpy_weight_gradient(moved["w"], state)
+        inside = np.abs(np.asarray(moved["w"])) <= 0.5 * 1.05
+        scale = np.max(np.abs(exact))
+        np.testing.assert_allclose(np.asarray(added["w"])[inside], exact[inside], atol=1e-4 * scale)
+        assert np.all(np.isfinite(np.asarray(added["w"])))
+        np.testing.assert_allclose(np.asarray(added["w"])[~inside], exact[~inside], rtol=0.05, atol=1e-3 * scale)
+        changed = not np.array_equal(np.asarray(new_state.means), np.asarray(state.means))
+        assert changed == (k % 4 == 0), k  # the mixture steps on refreshes only
+        state = new_state
+
+
 def test_fast_path_forms_no_n_by_k_array():
     n = 5003
     params = {"w": jnp.linspace(-1.0, 1.0, n)}
@@ -232,7 +254,7 @@ def test_gamma_hyperprior_gives_the_map_precision_instead_of_collapse():
     alpha, beta = 20.0, 0.05
 
     def run(prior):
-        tx = optreg.soft_share_prior(1.0, 2, mode="exact", optimizer=ONLY_LOG_PRECISIONS,
+        tx = optreg.soft_share_prior(1.0, 2, mode="exact", optimizer=ONLY_LOG_PRECISIONS, refresh_every=1,
                                      zero_mixing=0.5, init_range=(0.5, 0.5 + 1e-6), init_std=0.1,
                                      prior=MixturePrior(precision=prior, zero_precision=prior))
         state = tx.init(params)
@@ -292,7 +314,8 @@ def test_jit_vmap_and_inject_hyperparams():
     second, _ = jax.jit(tx.update)(jax.tree.map(lambda x: 2 * x, params), state, jax.tree.map(lambda x: 2 * x, params))
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], vmapped), second, atol=1e-5)
 
-    injected = optax.inject_hyperparams(optreg.soft_share_prior, static_args=("num_components", "grid_size"))(
+    injected = optax.inject_hyperparams(optreg.soft_share_prior,
+                                        static_args=("num_components", "grid_size", "refresh_every"))(
         weight_decay=1e-2, num_components=K)
     injected_state = injected.init(params)
     updates, injected_state = jax.jit(injected.update)(params, injected_state, params)
@@ -434,9 +457,11 @@ def test_old_penalty_order_raises_naming_the_new_one():
 
 def test_moved_keywords_still_work_with_a_deprecation_warning():
     params = {"w": jnp.linspace(-0.5, 0.5, 12)}
-    with pytest.warns(DeprecationWarning, match="MixturePrior"):
+    with pytest.warns(DeprecationWarning) as record:
         old = optreg.soft_share_prior(1e-2, 4, mode="exact", precision_prior=(100.0, 0.5),
                                       learning_rates=(1e-3, 1e-3, 1e-3))
+    messages = " ".join(str(w.message) for w in record)
+    assert "prior=optreg.MixturePrior(precision=...)" in messages and "pass optimizer=" in messages
     new = optreg.soft_share_prior(1e-2, 4, mode="exact", prior=MixturePrior(precision=(100.0, 0.5)),
                                   optimizer=optax.adam(1e-3))
     ua, sa = jax.jit(old.update)(params, old.init(params), params)
