@@ -231,7 +231,7 @@ def test_pipeline_objects_are_jax_friendly():
     assert jax.tree.leaves(q.params)[0].shape == (11,)
 
 
-# ----------------------------------------------------------------------------- snapping on the device, the recorded mask
+# ----------------------------------------------------------------------------- snapping on the device, the mask
 
 
 def brute_force_snap(w: np.ndarray, means, stds, proportions) -> np.ndarray:
