@@ -53,7 +53,7 @@ def trained() -> dict:
 
     params = init()
     floats = {k: v for k, v in params.items() if k != "step"}
-    tx = optax.adam(3e-3)
+    tx = optax.adam(1e-2)
     state = tx.init(floats)
 
     @jax.jit
@@ -63,7 +63,7 @@ def trained() -> dict:
         return optax.apply_updates(p, u), s
 
     stream = batches(1)
-    for _ in range(1500):
+    for _ in range(500):
         floats, state = step(floats, state, next(stream))
     return {**floats, "step": params["step"]}
 
