@@ -52,7 +52,7 @@ from optreg._tree import Mask
 #: held near σ = 0.25 (Gamma mode (α − 1)/β = 16), the zero component near σ_0 = 0.05 (mode 400).
 DEFAULT_PRIOR = MixturePrior(precision=(10000.0, 625.0), zero_precision=(5000.0, 12.5))
 #: The storage floor the fine-tune prunes to when the prior left the network denser.
-DEFAULT_MIN_RATE = 45.0
+DEFAULT_MIN_RATE = 42.0
 
 
 class SoftShareCompressed(NamedTuple):
@@ -464,7 +464,7 @@ def soft_share_compress(
       far_sigmas: k of the diagnostics (weights farther than k·σ from their component).
       min_rate: a floor on the compression rate (Han et al.'s count): when the snapped network
         stores below it, the fine-tune prunes the smallest weights gradually until it does
-        (default 45; None: only what the prior decided).
+        (default 42; None: only what the prior decided).
       callback: ``callback(phase, step, total)`` after every step (``phase`` is "retrain" or
         "finetune"), e.g. for a progress bar.
 
