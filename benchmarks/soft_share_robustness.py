@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's optreg, also in worker processes
 
 #: name -> (kind, layer sizes): "mlp" hidden widths, or "cnn" (conv features, dense width, pooling).
 ARCHITECTURES: dict[str, tuple[str, tuple]] = {
@@ -152,7 +153,6 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def _worker(job: tuple[str, int, float, dict]) -> dict:
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     return run_case(*job)
 
 
@@ -199,5 +199,4 @@ def main(argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     raise SystemExit(main(sys.argv[1:]))
