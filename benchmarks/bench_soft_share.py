@@ -203,28 +203,29 @@ def end_to_end_cases(k: int = 17, variants: Optional[dict[str, dict]] = None) ->
 
 
 def cost_split(sizes: tuple[int, ...] = (2**10, 2**14, 2**17, 2**20), ks: tuple[int, ...] = (5, 17, 65),
-               rounds: int = 6, min_time_s: float = 0.01) -> list[dict]:
-    """time(N) = fixed + per_weight·N of ``soft_share_prior.update`` alone (fast mode), fitted per K.
+               refreshes: tuple[int, ...] = (1, 8), rounds: int = 6, min_time_s: float = 0.01) -> list[dict]:
+    """time(N) = fixed + per_weight·N of ``soft_share_prior.update`` alone (fast mode), fitted per K and k.
 
-    The fixed part is what does not grow with N (the table over the grid, the mixture's
-    step); the per-weight part the interpolation and the histogram.
+    The fixed part is what does not grow with N (the table over the grid, the mixture's step; with
+    ``refresh_every=k`` both are done every k-th update, so the average shown is a k-th of it plus
+    the per-step switch); the per-weight part the interpolation (and the histogram on refreshes).
     """
     from bench_harness import run_phase
 
     rows = []
     for k in ks:
-        cases = []
-        for n in sizes:
-            shapes = {"w": (n // 64, 64)}
-            tree = steps.lazy_params_and_grads(shapes, 0)
-            cases.append(Case(f"K={k}, N={n}", group="cost split", n_params=n,
-                              build=lambda tree=tree, n=n: steps.update_only(
-                                  soft_share_transform(k, n, False), *tree())))
-        results = run_phase(cases, rounds, min_time_s, log=lambda *_: None)
-        times = np.array([r.median_s for r in results])
-        per_weight, fixed = np.polyfit(np.array(sizes, float), times, 1)
-        rows.append({"K": k, "fixed_s": float(fixed), "per_weight_s": float(per_weight),
-                     "times_s": dict(zip(map(int, sizes), map(float, times)))})
+        for every in refreshes:
+            cases = []
+            for n in sizes:
+                tree = steps.lazy_params_and_grads({"w": (n // 64, 64)}, 0)
+                tx = optreg_api("soft_share_prior")(STRENGTH_TIMES_N / n, k, refresh_every=every)
+                cases.append(Case(f"K={k}, k={every}, N={n}", group="cost split", n_params=n,
+                                  build=lambda tree=tree, tx=tx: steps.update_only(tx, *tree())))
+            results = run_phase(cases, rounds, min_time_s, log=lambda *_: None)
+            times = np.array([r.median_s for r in results])
+            per_weight, fixed = np.polyfit(np.array(sizes, float), times, 1)
+            rows.append({"K": k, "refresh_every": every, "fixed_s": float(fixed), "per_weight_s": float(per_weight),
+                         "times_s": dict(zip(map(int, sizes), map(float, times)))})
     return rows
 
 
@@ -245,11 +246,13 @@ def main(argv: Optional[list] = None) -> int:
     print(markdown_table(results))
     if not args.skip_split:
         split = cost_split()
-        print("\n| K | fixed per step | per weight | " + " | ".join(f"N={n}" for n in split[0]["times_s"]) + " |")
-        print("|---|---|---|" + "---|" * len(split[0]["times_s"]))
+        print("\n| K | refresh_every | fixed per step | per weight | "
+              + " | ".join(f"N={n}" for n in split[0]["times_s"]) + " |")
+        print("|---|---|---|---|" + "---|" * len(split[0]["times_s"]))
         for row in split:
             times = " | ".join(f"{t * 1e3:.3f} ms" for t in row["times_s"].values())
-            print(f"| {row['K']} | {row['fixed_s'] * 1e6:.0f} µs | {row['per_weight_s'] * 1e9:.2f} ns | {times} |")
+            print(f"| {row['K']} | {row['refresh_every']} | {row['fixed_s'] * 1e6:.0f} µs | "
+                  f"{row['per_weight_s'] * 1e9:.2f} ns | {times} |")
         print(json.dumps(split))
     print(f"load average at end: {__import__('os').getloadavg()}")
     return 0
