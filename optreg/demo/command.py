@@ -262,13 +262,12 @@ def run_demo(
     """
     from tqdm.auto import tqdm
 
-    from optreg.demo import report, soft_share_row
+    from optreg.demo import report
     from optreg.demo.data import load_digits_split
-    from optreg.demo.training import CNN, train
+    from optreg.demo.training import train
 
     names = list(ROW_NAMES) if names is None else names
     data = load_digits_split(seed)
-    share = soft_share_row.availability()
     chosen = [recipe for recipe in recipes() if recipe.name in names]
     bar = tqdm(total=_planned_epochs(names, epochs, share_epochs, quick, len(data.x_train)), desc="optreg demo",
                unit="epoch", disable=not progress, leave=False)
@@ -298,23 +297,44 @@ def run_demo(
         _fill(row, result.test_accuracy, result.train_loss, result.params, time.perf_counter() - start)
         trained[recipe.name] = result.params
 
-    baseline_cnn = None
+    rows += _compressed_rows(names, data, trained, fit, share_epochs, quick, seed, out if figures else None,
+                             on_step)
+    bar.close()
+    rows.sort(key=lambda row: ROW_NAMES.index(row.name))
+
+    if out is not None:
+        report.write_results(rows, out / "results.json")
+        shown = {name: params for name, params in trained.items() if name in names}
+        if figures and shown:
+            report.plot_weight_histograms(shown, out / "weight_histograms.png")
+    return rows
+
+
+def _compressed_rows(names: list[str], data: Any, trained: dict[str, Any], fit: Callable[..., Any],
+                     share_epochs: Optional[int], quick: bool, seed: int, figures: Optional[Path],
+                     on_step: Callable[[str, int, int], None]) -> list:
+    """The ``soft_share``, ``baseline_cnn`` and ``soft_share_cnn`` rows (baselines trained when needed)."""
+    import optax
+
+    from optreg.demo import report, soft_share_row
+    from optreg.demo.training import CNN
+
+    share = soft_share_row.availability()
+    rows = []
     for name in ("soft_share", "baseline_cnn", "soft_share_cnn"):
         if name not in names:
             continue
         cnn = name.endswith("cnn")
-        if name == "baseline_cnn" or (name == "soft_share_cnn" and baseline_cnn is None):
-            import optax
-
+        if cnn and "baseline_cnn" not in trained:
             start = time.perf_counter()
             result = fit("baseline_cnn", optax.adam(LEARNING_RATE), CNN())
-            baseline_cnn = result.params
+            trained["baseline_cnn"] = result.params
             if name == "baseline_cnn":
                 row = report.Row(name, "optax.adam(1e-3) on the small CNN", hyperparameters={})
                 _fill(row, result.test_accuracy, result.train_loss, result.params, time.perf_counter() - start)
                 rows.append(row)
-                trained[name] = result.params
-                continue
+        if name == "baseline_cnn":
+            continue
         row = report.Row(name, soft_share_row.DESCRIPTION_CNN if cnn else soft_share_row.DESCRIPTION,
                          hyperparameters=soft_share_row.hyperparameters() if not share else {})
         rows.append(row)
@@ -322,24 +342,14 @@ def run_demo(
             row.status = share
             continue
         if not cnn and "baseline" not in trained:
-            trained_baseline = fit("baseline (for soft_share)", recipes()[0].build()).params
-        else:
-            trained_baseline = baseline_cnn if cnn else trained["baseline"]
-        bar.set_description(name)
-        outcome = soft_share_row.run(data, trained_baseline, model=CNN() if cnn else None, epochs=share_epochs,
-                                     quick=quick, seed=seed, callback=on_step)
+            trained["baseline"] = fit("baseline (for soft_share)", recipes()[0].build()).params
+        outcome = soft_share_row.run(data, trained["baseline_cnn" if cnn else "baseline"], model=CNN() if cnn else None,
+                                     epochs=share_epochs, quick=quick, seed=seed, callback=on_step)
         _fill(row, outcome.test_accuracy, outcome.train_loss, outcome.params, outcome.wall_seconds,
               outcome.compression_rate)
         trained[name] = outcome.params
-        if out is not None and figures:
-            soft_share_row.plot(outcome, out / f"{name}_mixture.png", "CNN" if cnn else "MLP")
-    bar.close()
-    rows.sort(key=lambda row: ROW_NAMES.index(row.name))
-
-    if out is not None:
-        report.write_results(rows, out / "results.json")
-        if figures and trained:
-            report.plot_weight_histograms(trained, out / "weight_histograms.png")
+        if figures is not None:
+            soft_share_row.plot(outcome, figures / f"{name}_mixture.png", "CNN" if cnn else "MLP")
     return rows
 
 
