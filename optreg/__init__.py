@@ -9,6 +9,7 @@ operators in :mod:`optreg.prox` (as ``jaxopt.prox``) and projections in
 from optreg import projections, prox
 from optreg._anchored import AnchorState, decay_towards, decay_towards_penalty
 from optreg._cautious import add_cautious_weight_decay
+from optreg._compression import LayerDiagnostics, Quantized, SnapWarning, quantize
 from optreg._decay import add_decayed_weights_q, lq_gradient, lq_penalty
 from optreg._deprecated import forwarder
 from optreg._elastic_net import add_elastic_net, elastic_net_penalty
@@ -17,6 +18,14 @@ from optreg._groups import GroupState, group_share_penalty, share_within_groups
 from optreg._hyper import CountState
 from optreg._independent import independent_weight_decay
 from optreg._masks import decay_mask
+from optreg._mixture import (
+    MixtureParams,
+    MixturePrior,
+    MixtureState,
+    mixing_proportions,
+    mixture_density,
+    responsibilities,
+)
 from optreg._orthogonal import add_orthogonal_decay, orthogonal_penalty
 from optreg._per_layer import PerLayerDecay, describe, per_layer_decay, per_layer_penalty
 from optreg._project import project, project_lq_ball
@@ -26,16 +35,10 @@ from optreg._proximal import (
     proximal_lq,
     scale_by_learning_rate_and_prox,
 )
+from optreg._soft_share import soft_share_penalty, soft_share_prior
+from optreg._soft_share_compress import SoftShareCompressed, soft_share_compress
 from optreg._spectral import SpectralState, add_spectral_decay, spectral_penalty
-from optreg.compression import CompressionReport, Quantized, compression_report, quantize
-from optreg.soft_share import (
-    MixtureState,
-    mixing_proportions,
-    mixture_density,
-    responsibilities,
-    soft_share_penalty,
-    soft_share_prior,
-)
+from optreg._storage import CompressionReport, LayerReport, compression_report
 
 __version__ = "0.2.0"
 
@@ -53,10 +56,16 @@ __all__ = [
     "CompressionReport",
     "CountState",
     "GroupState",
+    "LayerDiagnostics",
+    "LayerReport",
     "LearningRateAndProxState",
+    "MixtureParams",
+    "MixturePrior",
     "MixtureState",
     "PerLayerDecay",
     "Quantized",
+    "SnapWarning",
+    "SoftShareCompressed",
     "SpectralState",
     "__version__",
     "add_cautious_weight_decay",
@@ -91,6 +100,7 @@ __all__ = [
     "responsibilities",
     "scale_by_learning_rate_and_prox",
     "share_within_groups",
+    "soft_share_compress",
     "soft_share_penalty",
     "soft_share_prior",
     "spectral_penalty",

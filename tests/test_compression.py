@@ -1,9 +1,10 @@
-"""quantize / compression_report: Ullrich's merging and snapping, Han et al.'s storage count."""
+"""quantize / compression_report: Ullrich et al.'s merging and snapping, Han et al.'s storage count."""
 
 from __future__ import annotations
 
 import math
 import struct
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,9 @@ from scipy import integrate
 from scipy.stats import norm
 
 import optreg
-from optreg.compression import _separation, huffman_bits, merge_components
-from optreg.soft_share import MixtureState
+from optreg import MixtureState
+from optreg._compression import _separation, _snap_leaf, merge_components
+from optreg._storage import _huffman_bits
 
 
 def mixture_state(means, stds, proportions) -> MixtureState:
@@ -74,7 +76,8 @@ def test_quantize_snaps_to_the_most_responsible_mean_and_zeros_exactly():
     rng = np.random.default_rng(0)
     w = rng.uniform(-0.7, 0.7, 2000).astype(np.float32)
     params = {"kernel": jnp.asarray(w.reshape(40, 50)), "bias": jnp.asarray(w[:7]), "step": jnp.array(3)}
-    q = optreg.quantize(params, state, kl_threshold=0.0, mask={"kernel": True, "bias": False, "step": False})
+    q = optreg.quantize(params, state, kl_threshold=0.0, mask={"kernel": True, "bias": False, "step": False},
+                        warn_far_fraction=None)
     # brute force argmax responsibility with scipy
     means, stds, pis = np.array([0.0, -0.5, 0.5, 0.25]), np.array([0.05, 0.05, 0.05, 0.01]), [0.97, 0.01, 0.01, 0.01]
     score = np.log(pis) + norm.logpdf(w[:, None].astype(np.float64), means, stds)
@@ -97,9 +100,9 @@ def test_quantize_keeps_bfloat16():
 
 def test_huffman_bits_on_the_textbook_example():
     # Cormen et al., Introduction to Algorithms, §16.3: frequencies 45, 13, 12, 16, 9, 5 → 224 bits
-    assert huffman_bits(np.array([45, 13, 12, 16, 9, 5])) == 224
-    assert huffman_bits(np.array([7])) == 7
-    assert huffman_bits(np.array([])) == 0
+    assert _huffman_bits(np.array([45, 13, 12, 16, 9, 5])) == 224
+    assert _huffman_bits(np.array([7])) == 7
+    assert _huffman_bits(np.array([])) == 0
 
 
 def test_report_counts_bits_as_han_et_al():
@@ -209,7 +212,7 @@ def test_report_from_state_quantizes_first():
     rng = np.random.default_rng(1)
     params = {"w": jnp.asarray(rng.uniform(-0.6, 0.6, (30, 30)), jnp.float32)}
     from_state = optreg.compression_report(params, state)
-    q = optreg.quantize(params, state)
+    q = optreg.quantize(params, state, warn_far_fraction=None)
     from_quantized = optreg.compression_report(params, q)
     assert from_state == from_quantized
     assert from_state.distinct_values <= 3
@@ -223,6 +226,96 @@ def test_report_from_state_quantizes_first():
 
 def test_pipeline_objects_are_jax_friendly():
     state = mixture_state([0.0, 0.5], [0.05, 0.05], [0.9, 0.1])
-    q = optreg.quantize({"w": jnp.linspace(-1, 1, 11)}, state)
+    q = optreg.quantize({"w": jnp.linspace(-1, 1, 11)}, state, warn_far_fraction=None)
     assert isinstance(q.mixture, MixtureState)
     assert jax.tree.leaves(q.params)[0].shape == (11,)
+
+
+# ----------------------------------------------------------------------------- snapping on the device, the mask
+
+
+def brute_force_snap(w: np.ndarray, means, stds, proportions) -> np.ndarray:
+    """argmax_j π_j N(w | μ_j, σ_j²) with scipy, in float64 (ties to the lower index, as numpy)."""
+    score = np.log(proportions) + norm.logpdf(np.asarray(w, np.float64)[..., None], means, stds)
+    return np.asarray(means)[np.argmax(score, axis=-1)]
+
+
+def test_snapping_on_the_device_equals_a_float64_brute_force():
+    means, stds, pis = [0.0, -0.4, 0.3, 0.31, 0.9], [0.02, 0.05, 0.04, 0.01, 0.1], [0.9, 0.03, 0.03, 0.02, 0.02]
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        w = rng.uniform(-1.0, 1.2, (300, 70))
+        state = MixtureState(jnp.zeros([], jnp.int32), jnp.asarray(means), jnp.asarray(-2 * np.log(stds)),
+                             jnp.asarray(np.log(pis)))
+        q = optreg.quantize({"w": jnp.asarray(w)}, state, kl_threshold=0.0, warn_far_fraction=None)
+        # the codebook is float32: the brute force uses the same (float32-rounded) mixture, in float64
+        m = q.mixture
+        stored = (np.asarray(m.means, np.float64), np.exp(-0.5 * np.asarray(m.log_precisions, np.float64)),
+                  np.exp(np.asarray(m.mixing_logits, np.float64)))
+        np.testing.assert_allclose(stored[0], means, rtol=1e-7)
+        np.testing.assert_array_equal(np.asarray(q.params["w"]), brute_force_snap(w, *stored))
+    # float32: the same except where two components' scores tie to float32 precision
+    state32 = mixture_state(means, stds, pis)
+    q32 = optreg.quantize({"w": jnp.asarray(w, jnp.float32)}, state32, kl_threshold=0.0, warn_far_fraction=None)
+    merged = q32.mixture
+    expected = brute_force_snap(np.asarray(w, np.float32), np.asarray(merged.means, np.float64),
+                                np.exp(-0.5 * np.asarray(merged.log_precisions, np.float64)),
+                                np.exp(np.asarray(merged.mixing_logits, np.float64)))
+    assert np.mean(np.asarray(q32.params["w"]) == expected.astype(np.float32)) > 0.9999
+
+
+def test_snapping_forms_no_n_by_k_array_and_keeps_the_sharding():
+    n, k = 4099, 7
+    w = jnp.linspace(-1.0, 1.0, n)
+    mixture = (jnp.linspace(-1.0, 1.0, k).at[0].set(0.0), jnp.zeros(k), jnp.full(k, -np.log(k)))
+    jaxpr = jax.make_jaxpr(lambda w, *m: _snap_leaf(w, *m, far_sigmas=3.0))(w, *mixture)
+    shapes = [tuple(v.aval.shape) for eqn in jaxpr.jaxpr.eqns for sub in [eqn.params.get("jaxpr")] if sub is not None
+              for inner in sub.jaxpr.eqns for v in inner.outvars]
+    assert shapes and not [shape for shape in shapes if n in shape and k in shape]
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+    placed = jax.device_put(w, sharding)
+    state = MixtureState(jnp.zeros([], jnp.int32), *mixture)
+    out = optreg.quantize({"w": placed}, state, warn_far_fraction=None).params["w"]
+    assert isinstance(out, jax.Array) and out.sharding == placed.sharding
+
+
+def test_quantize_and_report_reuse_the_mask_the_transform_recorded():
+    params = {"kernel": jnp.linspace(-0.6, 0.6, 40).reshape(8, 5), "bias": jnp.linspace(0.01, 0.2, 5)}
+    mask = {"kernel": True, "bias": False}
+    state = optreg.soft_share_prior(1e-3, 4, mask=mask, init_range=(-0.5, 0.5), init_std=0.05).init(params)
+    q = optreg.quantize(params, state, warn_far_fraction=None)
+    np.testing.assert_array_equal(q.params["bias"], params["bias"])  # not quantised: the recorded mask
+    assert not np.array_equal(np.asarray(q.params["kernel"]), np.asarray(params["kernel"]))
+    explicit = optreg.quantize(params, state._replace(mask=None), mask=mask, warn_far_fraction=None)
+    jax.tree.map(np.testing.assert_array_equal, q.params, explicit.params)
+    report = optreg.compression_report(params, state)
+    assert {layer.path: layer.quantized for layer in report.layers} == mask
+    assert optreg.compression_report(params, q) == report
+    assert report == optreg.compression_report(params, state._replace(mask=None), mask=mask)
+    with pytest.raises(ValueError, match="recorded"):
+        optreg.quantize(params, state, mask={"kernel": True, "bias": True})
+
+
+def test_diagnostics_and_the_warning_when_snapping_moves_weights_far():
+    means, stds, pis = [0.0, -0.5, 0.5], [0.01, 0.02, 0.02], [0.9, 0.05, 0.05]
+    state = mixture_state(means, stds, pis)
+    near = np.float32([0.001, -0.5, 0.51, 0.49, -0.002] * 40)
+    far = near.copy()
+    far[:10] = 0.25  # 10 of 200 weights halfway between components: many σ from any of them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = optreg.quantize({"w": jnp.asarray(near)}, state)
+    assert quiet.diagnostics[0].far_fraction == 0.0
+    with pytest.warns(optreg.SnapWarning, match="w 5.0%"):
+        loud = optreg.quantize({"w": jnp.asarray(far)}, state)
+    d = loud.diagnostics[0]
+    # by hand: the snapped component of 0.25 and its distance in σ's
+    target = brute_force_snap(np.float32([0.25]), means, stds, pis)[0]
+    sigma = stds[means.index(target)]
+    assert d.path == "w" and d.size == 200 and d.far_fraction == pytest.approx(10 / 200)
+    assert d.max_sigmas == pytest.approx(abs(0.25 - target) / sigma, rel=1e-5)
+    assert d.zero_fraction == pytest.approx(np.mean(brute_force_snap(far, means, stds, pis) == 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optreg.quantize({"w": jnp.asarray(far)}, state, warn_far_fraction=None)

@@ -43,8 +43,10 @@ def test_quick_run_writes_results_json(quick_run):
         if row["status"] != "ok":  # a row whose building block is missing says so and has no numbers
             assert row["status"].startswith("unavailable") and row["test_accuracy"] is None
             continue
-        if row["name"] == "soft_share":  # 3 retraining epochs, then quantised: any accuracy is possible
+        if row["name"].startswith("soft_share"):  # a few hundred steps, then quantised: any accuracy is possible
             assert 0.0 <= row["test_accuracy"] <= 1.0, row
+        elif row["name"] == "baseline_cnn":  # the CNN learns slower: two epochs are above chance (10%)
+            assert 0.2 < row["test_accuracy"] <= 1.0, row
         else:  # ten classes: even two epochs of Adam are far above chance (10%)
             assert 0.5 < row["test_accuracy"] <= 1.0, row
         assert 0.0 <= row["nonzero_fraction"] <= 1.0
@@ -53,8 +55,9 @@ def test_quick_run_writes_results_json(quick_run):
     by_name = {row["name"]: row for row in rows}
     # Only dead-ReLU biases (initialised at 0, never updated) are exactly zero without a regularizer.
     assert by_name["baseline"]["status"] == "ok" and by_name["baseline"]["nonzero_fraction"] > 0.99
-    if by_name["soft_share"]["status"] == "ok":  # quantised to a few shared values, mostly zeros
-        assert by_name["soft_share"]["compression_rate"] > 1.0
+    for name in ("soft_share", "soft_share_cnn"):  # quantised to a few shared values, mostly zeros
+        if by_name[name]["status"] == "ok":
+            assert by_name[name]["compression_rate"] >= 42.0  # soft_share_compress's storage floor
 
 
 def test_quick_run_writes_figures(quick_run):
@@ -62,8 +65,9 @@ def test_quick_run_writes_figures(quick_run):
     png = (out / "weight_histograms.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())}
-    if rows["soft_share"]["status"] == "ok":
-        assert (out / "soft_share_mixture.png").read_bytes().startswith(b"\x89PNG")
+    for name in ("soft_share", "soft_share_cnn"):
+        if rows[name]["status"] == "ok":
+            assert (out / f"{name}_mixture.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_help_documents_every_flag(capsys):
@@ -104,4 +108,4 @@ def test_out_must_be_a_directory(tmp_path):
 def test_quick_demo_retrains_soft_sharing_as_long_as_the_pipeline_quick_setting():
     from optreg.demo import command, soft_share
 
-    assert command.QUICK_SHARE_EPOCHS == soft_share.QUICK_EPOCHS
+    assert command.QUICK_SHARE_STEPS == soft_share.QUICK_STEPS

@@ -278,7 +278,8 @@ def prox_cases() -> list[ProxCase]:
     return [
         ProxCase("prox_lq", lambda t, s, q: on_floating_leaves(lambda x: prox.prox_lq(x, s, q), t)),
         ProxCase("tree_prox_lq", lambda t, s, q: prox.tree_prox_lq(t, s, q)),
-        ProxCase("prox_elastic_net", lambda t, s, q: on_floating_leaves(lambda x: prox.prox_elastic_net(x, s, s / 2), t)),
+        ProxCase("prox_elastic_net",
+                 lambda t, s, q: on_floating_leaves(lambda x: prox.prox_elastic_net(x, s, s / 2), t)),
         # each leaf one group; empty leaves are left out here: see test_prox_group_lasso_takes_empty_leaves
         ProxCase("prox_group_lasso", lambda t, s, q: jax.tree.map(
             lambda x: prox.prox_group_lasso(x, s) if x.size and jnp.issubdtype(x.dtype, jnp.floating) else x, t)),
@@ -436,7 +437,7 @@ _SOFT_SHARE_TRAINER: list[Any] = []
 def soft_share_trainer(soft_share: Callable[..., optax.GradientTransformation]) -> tuple[Any, Callable]:
     """One transform and one compiled 300-step scan (the mixture learns, the hostile weights stay)."""
     if not _SOFT_SHARE_TRAINER:
-        tx = soft_share(5, strength=1e-3)
+        tx = soft_share(1e-3, 5)
 
         @jax.jit
         def train(state: Any, weights: jax.Array) -> Any:
@@ -452,10 +453,9 @@ def soft_share_trainer(soft_share: Callable[..., optax.GradientTransformation]) 
 
 @pytest.mark.parametrize("name", list(hostile_weight_sets()))
 def test_soft_sharing_stays_finite_and_precisions_stay_bounded_under_hostile_weights(name):
-    soft_share = optional("soft_share", "soft_share_prior")
-    if soft_share is None:
-        pytest.skip("optreg.soft_share is not importable (issue 3)")
-    from optreg.soft_share import DEFAULT_PRECISION_PRIOR, DEFAULT_ZERO_PRECISION_PRIOR, LOG_PRECISION_BOUNDS
+    soft_share = optreg.soft_share_prior
+    LOG_PRECISION_BOUNDS = (-20.0, 20.0)  # noqa: N806 - the documented guard on log λ_j
+    DEFAULT_PRECISION_PRIOR, DEFAULT_ZERO_PRECISION_PRIOR = (250.0, 0.1), (5000.0, 2.0)  # noqa: N806 - Ullrich et al.
 
     weights = jnp.asarray(hostile_weight_sets()[name], jnp.float32)
     tx, train = soft_share_trainer(soft_share)

@@ -5,12 +5,15 @@ batch 64) on a fixed, seeded 75/25 split of ``load_digits``. Each row changes
 only the regularizer; the strengths below were chosen so that every row stays
 close to the baseline's accuracy while its effect is visible (smaller norms,
 exact zeros, or a small codebook). All weight decays use optreg's convention
-Ω = (λ/q)·Σ|w|^q and skip biases (``optreg.decay_mask``).
+Ω = (λ/q)·Σ|w|^q and skip biases (``optreg.decay_mask``). The last two rows
+train a small CNN (``optreg.demo.training.CNN``) and compress it the same way
+as the MLP's ``soft_share`` row: ``optreg.soft_share_compress`` with its defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -19,9 +22,8 @@ LEARNING_RATE = 1e-3
 BATCH_SIZE = 64
 DEFAULT_EPOCHS = 30
 QUICK_EPOCHS = 2
-#: soft_share retraining epochs with --quick: the pipeline's own quick setting (fewer epochs leave the
-#: prior unseparated from the zero component, and every weight quantises to 0).
-QUICK_SHARE_EPOCHS = 80  # = optreg.demo.soft_share.QUICK_EPOCHS (not imported: keeps --help free of jax)
+#: soft_share retraining + fine-tuning steps with --quick (a smoke run).
+QUICK_SHARE_STEPS = 100  # = optreg.demo.soft_share.QUICK_STEPS (not imported: keeps --help free of jax)
 
 #: λ of every row (see :func:`recipes`); printed by ``--help`` and stored in results.json.
 L2_DECAY = 1e-3
@@ -90,7 +92,8 @@ def recipes() -> list[Recipe]:
     ]
 
 
-ROW_NAMES = ("baseline", "l2", "adamw", "l1_prox", "lq_prox", "per_layer", "soft_share")
+ROW_NAMES = ("baseline", "l2", "adamw", "l1_prox", "lq_prox", "per_layer", "soft_share", "baseline_cnn",
+             "soft_share_cnn")
 
 
 # ---------------------------------------------------------------------------
@@ -135,10 +138,13 @@ biases are never decayed):
   l1_prox     proximal L1 (soft threshold lr·λ) after Adam, λ = {L1_DECAY:g}
   lq_prox     proximal L1/2 (half threshold) after Adam, λ = {LQ_DECAY:g}
   per_layer   coupled L2 with one λ per Dense layer: {_PER_LAYER_TEXT}
-  soft_share  retrained from the baseline with soft_share_prior, then quantised
+  soft_share  optreg.soft_share_compress on the baseline with its defaults (retrain under
+              soft_share_prior, snap, fine-tune the quantised network), dead units pruned
+  baseline_cnn    a small CNN (3x3 convs 16 and 32, avg pooling, dense 64), Adam
+  soft_share_cnn  optreg.soft_share_compress on baseline_cnn (conv kernels: 8-bit gaps)
 
 outputs in --out: results.json (one object per row) and PNG figures
-(weight_histograms.png; soft_share_mixture.png when soft_share runs).
+(weight_histograms.png; soft_share_mixture.png / soft_share_cnn_mixture.png when they run).
 """
 
 
@@ -158,8 +164,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: {QUICK_EPOCHS} epochs per row and {QUICK_SHARE_EPOCHS} soft-sharing epochs "
-        "(seconds, not minutes; the numbers are not meaningful)",
+        help=f"smoke run: {QUICK_EPOCHS} epochs per row and {QUICK_SHARE_STEPS} retraining + {QUICK_SHARE_STEPS} "
+        "fine-tuning steps of soft sharing (seconds, not minutes; the numbers are not meaningful)",
     )
     parser.add_argument(
         "--epochs",
@@ -178,16 +184,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rows", type=_row_list, default=list(ROW_NAMES), metavar="NAMES",
-        help="comma-separated subset of rows to run (default: all); soft_share retrains the baseline "
-        "(trained first even when baseline is not listed)",
+        help="comma-separated subset of rows to run (default: all); soft_share compresses the baseline "
+        "and soft_share_cnn the baseline_cnn (trained first even when not listed)",
     )
     parser.add_argument(
         "--share-epochs",
         type=_int_at_least(1),
         default=None,
         metavar="N",
-        help="soft_share retraining epochs, after the baseline (default: the pipeline's own, "
-        f"optreg.demo.soft_share.DEFAULT_EPOCHS; {QUICK_SHARE_EPOCHS} with --quick)",
+        help="soft-sharing epochs (retraining + fine-tuning, split 3:4) after the baseline (default: "
+        "soft_share_compress's own: max(1000 steps, 60 epochs) + max(1000 steps, 80 epochs))",
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -250,25 +256,21 @@ def run_demo(
 ) -> list:
     """Trains the chosen rows and returns their :class:`optreg.demo.report.Row` objects.
 
-    ``share_epochs`` is the soft-sharing retraining length (default: the pipeline's own,
-    shorter with ``quick``). Writes ``results.json`` (and figures) into ``out`` when given.
+    ``share_epochs`` is the soft-sharing length in epochs (default: ``soft_share_compress``'s own,
+    ``QUICK_SHARE_STEPS`` steps per phase with ``quick``). Writes ``results.json`` (and figures) into
+    ``out`` when given.
     """
     from tqdm.auto import tqdm
 
-    from optreg.demo import report, soft_share_row
+    from optreg.demo import report
     from optreg.demo.data import load_digits_split
-    from optreg.demo.training import nonzero_fraction, train
+    from optreg.demo.training import train
 
     names = list(ROW_NAMES) if names is None else names
     data = load_digits_split(seed)
     chosen = [recipe for recipe in recipes() if recipe.name in names]
-    share = soft_share_row.availability() if "soft_share" in names else None
-    need_baseline = share is not None and share == "" and "baseline" not in names
-    total = epochs * (len(chosen) + int(need_baseline))
-    share_epochs = share_epochs or (QUICK_SHARE_EPOCHS if quick else soft_share_row.default_epochs(False))
-    if share == "":
-        total += share_epochs
-    bar = tqdm(total=total, desc="optreg demo", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(total=_planned_epochs(names, epochs, share_epochs, quick, len(data.x_train)), desc="optreg demo",
+               unit="epoch", disable=not progress, leave=False)
 
     def on_epoch(label: str) -> Callable[[int, dict[str, float]], None]:
         def update(epoch: int, metrics: dict[str, float]) -> None:
@@ -277,50 +279,99 @@ def run_demo(
 
         return update
 
+    def on_step(phase: str, step: int, total: int) -> None:
+        bar.update(BATCH_SIZE / len(data.x_train))
+
     rows: list[report.Row] = []
     trained: dict[str, Any] = {}
-    baseline_params = None
+
+    def fit(name: str, tx: Any, model: Any = None) -> Any:
+        bar.set_description(name)
+        return train(tx, data, model=model, epochs=epochs, batch_size=BATCH_SIZE, seed=seed, on_epoch=on_epoch(name))
+
     for recipe in chosen:
         row = report.Row(recipe.name, recipe.description, hyperparameters=recipe.hyperparameters)
         rows.append(row)
-        bar.set_description(recipe.name)
         start = time.perf_counter()
-        result = train(recipe.build(), data, epochs=epochs, batch_size=BATCH_SIZE, seed=seed,
-                       on_epoch=on_epoch(recipe.name))
-        row.wall_seconds = time.perf_counter() - start
-        row.test_accuracy = result.test_accuracy
-        row.train_loss = result.train_loss
-        row.nonzero_fraction = nonzero_fraction(result.params)
-        row.compression_rate = _compression_rate(result.params)
+        result = fit(recipe.name, recipe.build())
+        _fill(row, result.test_accuracy, result.train_loss, result.params, time.perf_counter() - start)
         trained[recipe.name] = result.params
-        if recipe.name == "baseline":
-            baseline_params = result.params
 
-    if share is not None:
-        row = report.Row("soft_share", soft_share_row.DESCRIPTION, hyperparameters=soft_share_row.hyperparameters())
-        rows.append(row)
-        if share:
-            row.status = share
-        else:
-            if baseline_params is None:
-                bar.set_description("baseline (for soft_share)")
-                baseline_params = train(recipes()[0].build(), data, epochs=epochs,
-                                        batch_size=BATCH_SIZE, seed=seed, on_epoch=on_epoch("baseline")).params
-            bar.set_description("soft_share")
-            outcome = soft_share_row.run(data, baseline_params, epochs=share_epochs, seed=seed,
-                                         on_epoch=on_epoch("soft_share"))
-            row.wall_seconds = outcome.wall_seconds
-            row.test_accuracy = outcome.test_accuracy
-            row.train_loss = outcome.train_loss
-            row.nonzero_fraction = nonzero_fraction(outcome.params)
-            row.compression_rate = outcome.compression_rate
-            trained["soft_share"] = outcome.params
-            if out is not None and figures:
-                soft_share_row.plot(outcome, out / "soft_share_mixture.png")
+    rows += _compressed_rows(names, data, trained, fit, share_epochs, quick, seed, out if figures else None,
+                             on_step)
     bar.close()
+    rows.sort(key=lambda row: ROW_NAMES.index(row.name))
 
     if out is not None:
         report.write_results(rows, out / "results.json")
-        if figures and trained:
-            report.plot_weight_histograms(trained, out / "weight_histograms.png")
+        shown = {name: params for name, params in trained.items() if name in names}
+        if figures and shown:
+            report.plot_weight_histograms(shown, out / "weight_histograms.png")
     return rows
+
+
+def _compressed_rows(names: list[str], data: Any, trained: dict[str, Any], fit: Callable[..., Any],
+                     share_epochs: Optional[int], quick: bool, seed: int, figures: Optional[Path],
+                     on_step: Callable[[str, int, int], None]) -> list:
+    """The ``soft_share``, ``baseline_cnn`` and ``soft_share_cnn`` rows (baselines trained when needed)."""
+    import optax
+
+    from optreg.demo import report, soft_share_row
+    from optreg.demo.training import CNN
+
+    share = soft_share_row.availability()
+    rows = []
+    for name in ("soft_share", "baseline_cnn", "soft_share_cnn"):
+        if name not in names:
+            continue
+        cnn = name.endswith("cnn")
+        if cnn and "baseline_cnn" not in trained:
+            start = time.perf_counter()
+            result = fit("baseline_cnn", optax.adam(LEARNING_RATE), CNN())
+            trained["baseline_cnn"] = result.params
+            if name == "baseline_cnn":
+                row = report.Row(name, "optax.adam(1e-3) on the small CNN", hyperparameters={})
+                _fill(row, result.test_accuracy, result.train_loss, result.params, time.perf_counter() - start)
+                rows.append(row)
+        if name == "baseline_cnn":
+            continue
+        row = report.Row(name, soft_share_row.DESCRIPTION_CNN if cnn else soft_share_row.DESCRIPTION,
+                         hyperparameters=soft_share_row.hyperparameters() if not share else {})
+        rows.append(row)
+        if share:
+            row.status = share
+            continue
+        if not cnn and "baseline" not in trained:
+            trained["baseline"] = fit("baseline (for soft_share)", recipes()[0].build()).params
+        outcome = soft_share_row.run(data, trained["baseline_cnn" if cnn else "baseline"], model=CNN() if cnn else None,
+                                     epochs=share_epochs, quick=quick, seed=seed, callback=on_step)
+        _fill(row, outcome.test_accuracy, outcome.train_loss, outcome.params, outcome.wall_seconds,
+              outcome.compression_rate)
+        trained[name] = outcome.params
+        if figures is not None:
+            soft_share_row.plot(outcome, figures / f"{name}_mixture.png", "CNN" if cnn else "MLP")
+    return rows
+
+
+def _fill(row: Any, accuracy: float, loss: float, params: Any, seconds: float,
+          rate: Optional[float] = None) -> None:
+    from optreg.demo.training import nonzero_fraction
+
+    row.test_accuracy, row.train_loss, row.wall_seconds = accuracy, loss, seconds
+    row.nonzero_fraction = nonzero_fraction(params)
+    row.compression_rate = _compression_rate(params) if rate is None else rate
+
+
+def _planned_epochs(names: list[str], epochs: int, share_epochs: Optional[int], quick: bool, n_train: int) -> float:
+    """The progress bar's length: training epochs plus the soft-sharing steps in epochs."""
+    per_epoch = n_train / BATCH_SIZE
+    if share_epochs is not None:
+        share = float(share_epochs)
+    elif quick:
+        share = 2 * QUICK_SHARE_STEPS / per_epoch
+    else:
+        share = (max(1000, 60 * math.ceil(per_epoch)) + max(1000, 80 * math.ceil(per_epoch))) / per_epoch
+    trained = [name for name in names if not name.startswith("soft_share")]
+    trained += [needed for needed, by in (("baseline", "soft_share"), ("baseline_cnn", "soft_share_cnn"))
+                if by in names and needed not in names]
+    return epochs * len(trained) + share * sum(name.startswith("soft_share") for name in names)

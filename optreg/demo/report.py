@@ -99,7 +99,7 @@ def plot_weight_histograms(trained: dict[str, Any], path: Path) -> None:
         axis.set_xlabel("kernel weight")
     for axis in axes.ravel()[len(names):]:
         axis.set_visible(False)
-    figure.suptitle("Kernel weights after training (digits MLP 64-300-100-10)")
+    figure.suptitle("Kernel weights after training (digits: MLP 64-300-100-10 and the small CNN)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -1,20 +1,17 @@
-"""The soft weight-sharing pipeline on digits: retrain a baseline with the mixture prior, quantise, count bits.
+"""The demo's soft weight sharing: :func:`optreg.soft_share_compress` on the digits networks, with its defaults.
 
-Ullrich, Meeds & Welling (2017)'s recipe: start from a trained network, retrain
-with ``soft_share_prior`` (a zero component with a fixed large π_0, Gamma
-hyperpriors, τ warmed up), merge and snap the weights, and count the storage as
-Han et al. (2016) do. Adapted to the digits MLP (see ``DEFAULT_PRIOR_OPTIONS``):
-8 components, so that every layer's codebook index fits in 3 bits; Gamma
-hyperpriors strong enough to keep every non-zero component narrow (σ ≈ 0.03)
-and the zero component very narrow (σ_0 ≈ 0.002 is reached), because a wide
-component collects weights that quantisation then moves far; 400 short epochs
-(21 steps each) with faster mixture learning rates than the paper's. After
-quantisation, :func:`prune_dead_units` removes the weights of hidden units that
-can no longer affect the output — a lossless step (same function on every input).
+Ullrich, Meeds & Welling (2017)'s recipe, run by the library in one call: retrain the
+trained baseline under a learned Gaussian-mixture prior, merge and snap the weights,
+fine-tune the quantised network (Han, Mao & Dally 2016's trained quantisation) and
+count the storage as Han et al. do. For the MLP, :func:`prune_dead_units` then removes
+the weights of hidden units that can no longer affect the output — a lossless step
+(the same function on every input) that only the demo's own MLP layout allows.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -22,65 +19,45 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optreg._masks import decay_mask
-from optreg.compression import DEFAULT_KL_THRESHOLD, CompressionReport, Quantized, compression_report, quantize
+import optreg
 from optreg.demo.data import Split
-from optreg.demo.training import MLP, accuracy, train
-from optreg.soft_share import MixtureState, soft_share_prior
+from optreg.demo.training import MLP, accuracy, minibatches
+
+#: Retraining and fine-tuning steps with ``quick`` (a smoke run: the numbers are not meaningful).
+QUICK_STEPS = 100
+BATCH_SIZE = 64
 
 
 class SoftShareResult(NamedTuple):
     """Everything the demo row and the notebook's pictures need.
 
-    ``weights_*`` are the flattened quantised-leaf weights (float32 numpy) for
-    histograms and the weight-vs-quantised scatter; ``initial_state`` is the
-    mixture before retraining, ``state`` after. ``quantized.params`` is the
-    stored network (quantised, then dead units pruned when asked);
-    ``report`` counts it and ``report_unpruned`` the quantised network before
-    pruning (the same function, so the same accuracy).
+    ``compressed`` is the library's :class:`optreg.SoftShareCompressed`; ``params`` the stored
+    network (its ``params``, with the MLP's dead units pruned when asked) and ``report`` its count;
+    ``report_unpruned`` counts ``compressed.params``. ``weights_*`` are the quantised leaves'
+    weights flattened (float32 numpy): before, after retraining, stored; ``normalised_after``
+    the retrained ones divided by their leaf's scale (the units of ``compressed.state``).
     """
 
+    compressed: Any
     params: Any
-    quantized: Quantized
-    report: CompressionReport
-    report_unpruned: CompressionReport
+    report: Any
+    report_unpruned: Any
     baseline_accuracy: float
     retrained_accuracy: float
     quantized_accuracy: float
-    initial_state: MixtureState
-    state: MixtureState
     weights_before: np.ndarray
     weights_after: np.ndarray
     weights_quantized: np.ndarray
-    history: dict[str, list[float]]
+    normalised_after: np.ndarray
+    seconds: float
 
 
-#: The recipe's defaults (tuned on the default digits split; see the README).
-DEFAULT_EPOCHS = 400
-QUICK_EPOCHS = 80
-DEFAULT_TAU = 0.01
-#: Zero component + 7: a layer's entries then take at most 8 values (with the filler zero) -> 3-bit indices.
-DEFAULT_NUM_COMPONENTS = 8
-#: The prior's settings for the demo, passed to :func:`optreg.soft_share_prior`:
-#: π_0 = 0.994 fixed; initial σ = 0.05; Adam rates (means, log-precisions, mixing logits);
-#: Gamma(α, β) on the precisions with mode (α − 1)/β ≈ 1111 (σ ≈ 0.03) and α large enough that no
-#: component widens to collect the weights between the others; Gamma on the zero precision with mode
-#: ≈ 5·10^4 (σ_0 ≈ 0.0045), so that weights snapped to zero were already near zero.
-DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {
-    "zero_mixing": 0.994,
-    "init_std": 0.05,
-    "learning_rates": (1e-3, 1e-2, 1e-2),
-    "precision_prior": (10000.0, 9.0),
-    "zero_precision_prior": (5000.0, 0.1),
-}
-
-
-def _flat(params: Any, mask: Any) -> np.ndarray:
-    """The quantised leaves' weights, flattened (all leaves when ``mask`` is None)."""
-    selected = [True] * len(jax.tree.leaves(params)) if mask is None else jax.tree.leaves(mask(params))
-    return np.concatenate(
-        [np.asarray(leaf, np.float32).ravel() for leaf, keep in zip(jax.tree.leaves(params), selected) if keep]
-    )
+def _flat(params: Any, mask: Any, scales: Any = None) -> np.ndarray:
+    leaves = jax.tree.leaves(params)
+    flags = jax.tree.leaves(mask)
+    divisors = jax.tree.leaves(scales) if scales is not None else [1.0] * len(leaves)
+    return np.concatenate([np.asarray(leaf, np.float32).ravel() / np.float32(scale)
+                           for leaf, keep, scale in zip(leaves, flags, divisors) if keep])
 
 
 def prune_dead_units(params: Any) -> Any:
@@ -100,7 +77,7 @@ def prune_dead_units(params: Any) -> Any:
     stay in the codebook. Input units (pixels) are left alone.
 
     Args:
-      params: the MLP's ``params`` (e.g. ``Quantized.params``).
+      params: the MLP's ``params`` (e.g. ``SoftShareCompressed.params``).
 
     Returns:
       The same structure with the dead units' weights zeroed (same dtypes).
@@ -132,116 +109,72 @@ def prune_dead_units(params: Any) -> Any:
     return out
 
 
-def soft_share_optimizer(
-    n_train: int,
-    steps: int,
-    *,
-    tau: float = DEFAULT_TAU,
-    num_components: int = DEFAULT_NUM_COMPONENTS,
-    learning_rate: float = 1e-3,
-    warmup_fraction: float = 0.2,
-    final_boost: float = 1.0,
-    boost_fraction: float = 0.25,
-    **prior_options: Any,
-) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """(prior, full optimizer): ``chain(soft_share_prior, adam)`` with τ/N_train warmed up linearly.
-
-    Args:
-      n_train: training-set size N (the data loss is a mean over a batch, so the prior is scaled by 1/N).
-      steps: total number of update steps (the warm-up is ``warmup_fraction`` of them).
-      tau: Ullrich et al.'s τ; the strength is τ / N.
-      num_components: K, the zero component included.
-      learning_rate: Adam step size for the weights.
-      warmup_fraction: fraction of the steps over which the strength rises linearly from 0.
-      final_boost: over the last ``boost_fraction`` of the steps the strength rises linearly to
-        ``final_boost`` times its plateau (1: no boost), pushing the last undecided weights onto components.
-      boost_fraction: see ``final_boost``.
-      **prior_options: passed to :func:`optreg.soft_share_prior`.
-    """
-    plateau = tau / n_train
-    warmup = max(1, int(warmup_fraction * steps))
-    boost_start = max(warmup, int((1.0 - boost_fraction) * steps))
-    strength = optax.join_schedules(
-        [optax.linear_schedule(0.0, plateau, warmup), optax.constant_schedule(plateau),
-         optax.linear_schedule(plateau, final_boost * plateau, max(1, steps - boost_start))],
-        [warmup, boost_start],
-    )
-    prior = soft_share_prior(num_components, strength, **prior_options)
-    return prior, optax.chain(prior, optax.adam(learning_rate))
+def step_options(n_train: int, *, epochs: Optional[int] = None, quick: bool = False) -> dict[str, int]:
+    """``soft_share_compress``'s step counts: its defaults (``{}``), ``QUICK_STEPS`` each, or ``epochs`` in
+    all, split 3:4 between retraining and fine-tuning as the defaults are (60 and 80 epochs)."""
+    if quick and epochs is None:
+        return {"steps": QUICK_STEPS, "finetune_steps": QUICK_STEPS}
+    if epochs is None:
+        return {}
+    per_epoch = max(1, math.ceil(n_train / BATCH_SIZE))
+    retrain = max(1, round(3 * epochs / 7))
+    return {"steps": retrain * per_epoch, "finetune_steps": max(1, epochs - retrain) * per_epoch}
 
 
 def run_soft_share(
     data: Split,
     baseline_params: Any,
     *,
+    model: Any = None,
     epochs: Optional[int] = None,
     quick: bool = False,
-    tau: float = DEFAULT_TAU,
-    num_components: int = DEFAULT_NUM_COMPONENTS,
-    learning_rate: float = 1e-3,
-    final_boost: float = 1.0,
-    batch_size: int = 64,
     seed: int = 0,
-    quantize_biases: bool = True,
-    kl_threshold: float = DEFAULT_KL_THRESHOLD,
     prune: bool = True,
-    on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
-    **prior_options: Any,
+    callback: Optional[Callable[[str, int, int], None]] = None,
+    **options: Any,
 ) -> SoftShareResult:
-    """Retrains ``baseline_params`` with the soft weight-sharing prior, quantises, and reports.
+    """Compresses ``baseline_params`` with ``optreg.soft_share_compress`` (its defaults) and measures it.
 
     Args:
       data: the digits split (:func:`optreg.demo.data.load_digits_split`).
-      baseline_params: the trained MLP's ``params`` (64-300-100-10).
-      epochs: retraining epochs (default ``DEFAULT_EPOCHS``, or ``QUICK_EPOCHS`` with ``quick``).
-      quick: a shorter run for tests.
-      tau: Ullrich et al.'s τ; the prior's strength is τ / N_train, warmed up linearly.
-      num_components: K, the zero component included.
-      learning_rate: Adam step size for the weights.
-      final_boost: strength multiplier reached at the end (see :func:`soft_share_optimizer`).
-      batch_size, seed: as in :func:`optreg.demo.training.train`.
-      quantize_biases: put the biases under the prior and quantise them too (default); with
-        False only kernels are (``optreg.decay_mask``) and biases are counted at 32 bits each.
-      kl_threshold: passed to :func:`optreg.quantize` (merging of components).
-      prune: zero the dead hidden units after quantisation (:func:`prune_dead_units`, lossless).
-      on_epoch: progress callback ``(epoch, metrics)``.
-      **prior_options: passed to :func:`optreg.soft_share_prior` (e.g. ``mode="exact"``); they
-        override ``DEFAULT_PRIOR_OPTIONS``.
+      baseline_params: the trained network's ``params``.
+      model: the Flax module (default ``MLP()``, 64-300-100-10; or ``CNN()``).
+      epochs: retraining plus fine-tuning epochs (default: the library's own step counts).
+      quick: ``QUICK_STEPS`` steps per phase (a smoke run).
+      seed: seeds the minibatch order.
+      prune: zero the MLP's dead units after compression (:func:`prune_dead_units`, lossless).
+      callback: ``callback(phase, step, total)``, passed to ``soft_share_compress``.
+      **options: any other ``soft_share_compress`` option.
 
     Returns:
       A :class:`SoftShareResult`.
     """
-    prior_options = {**DEFAULT_PRIOR_OPTIONS, **prior_options}
-    if epochs is None:
-        epochs = QUICK_EPOCHS if quick else DEFAULT_EPOCHS
-    model = MLP()
-    n_train = data.x_train.shape[0]
-    steps = epochs * (n_train // batch_size)
-    mask = None if quantize_biases else decay_mask
-    prior, tx = soft_share_optimizer(n_train, steps, tau=tau, num_components=num_components,
-                                     learning_rate=learning_rate, mask=mask, final_boost=final_boost,
-                                     **prior_options)
-    initial_state = prior.init(baseline_params)
-    result = train(tx, data, model=model, params=baseline_params, epochs=epochs, batch_size=batch_size,
-                   seed=seed, on_epoch=on_epoch)
-    state = result.opt_state[0]
-    quantized = quantize(result.params, state, kl_threshold=kl_threshold, mask=mask)
-    report_unpruned = compression_report(result.params, quantized, mask=mask)
-    if prune:
-        quantized = quantized._replace(params=prune_dead_units(quantized.params))
-    report = compression_report(result.params, quantized, mask=mask) if prune else report_unpruned
+    model = model or MLP()
+    x_train, y_train = np.asarray(data.x_train), np.asarray(data.y_train)
+
+    def loss_fn(params: Any, batch: tuple[Any, Any]) -> jax.Array:
+        logits = model.apply({"params": params}, batch[0])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+    options = {**step_options(len(x_train), epochs=epochs, quick=quick), **options}
+    start = time.perf_counter()
+    out = optreg.soft_share_compress(loss_fn, baseline_params, minibatches(x_train, y_train, BATCH_SIZE, seed + 1),
+                                     num_examples=len(x_train), callback=callback, **options)
+    seconds = time.perf_counter() - start
+    mask = jax.tree.map(bool, out.state.mask)
+    stored = prune_dead_units(out.params) if prune and isinstance(model, MLP) else out.params
+    report = optreg.compression_report(stored, mask=mask) if stored is not out.params else out.report
     return SoftShareResult(
-        params=result.params,
-        quantized=quantized,
+        compressed=out,
+        params=stored,
         report=report,
-        report_unpruned=report_unpruned,
+        report_unpruned=out.report,
         baseline_accuracy=accuracy(model, baseline_params, data.x_test, data.y_test),
-        retrained_accuracy=result.test_accuracy,
-        quantized_accuracy=accuracy(model, quantized.params, data.x_test, data.y_test),
-        initial_state=initial_state,
-        state=state,
+        retrained_accuracy=accuracy(model, out.retrained, data.x_test, data.y_test),
+        quantized_accuracy=accuracy(model, stored, data.x_test, data.y_test),
         weights_before=_flat(baseline_params, mask),
-        weights_after=_flat(result.params, mask),
-        weights_quantized=_flat(quantized.params, mask),
-        history=result.history,
+        weights_after=_flat(out.retrained, mask),
+        weights_quantized=_flat(stored, mask),
+        normalised_after=_flat(out.retrained, mask, out.scales),
+        seconds=seconds,
     )

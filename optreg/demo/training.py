@@ -1,9 +1,9 @@
-"""A Flax MLP (64-300-100-10 by default) and a jitted training loop for any optax transform."""
+"""Flax models for the digits (an MLP 64-300-100-10 and a small CNN) and a jitted training loop."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,6 +24,32 @@ class MLP(nn.Module):
         for width in self.features[:-1]:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.features[-1])(x)
+
+
+class CNN(nn.Module):
+    """A small CNN on the 8×8 digits: two 3×3 convolutions (16 and 32 channels, ReLU, 2×2 average
+    pooling), a dense layer of 64 and the 10 outputs; ``Conv_0, Conv_1, Dense_0, Dense_1``."""
+
+    features: Sequence[int] = (16, 32)
+    dense: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], 8, 8, 1)
+        for width in self.features:
+            x = nn.avg_pool(nn.relu(nn.Conv(width, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(self.dense)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless minibatches, reshuffled every epoch with ``seed`` (the last partial batch dropped)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(x))
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            yield x[index], y[index]
 
 
 class TrainResult(NamedTuple):

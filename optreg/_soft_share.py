@@ -1,0 +1,512 @@
+"""Soft weight sharing: a learned Gaussian-mixture prior on the weights, as a transform and as a penalty.
+
+The penalty is
+
+    Ω(w, θ) = τ · [ −Σ_i log p(w_i)  −  log hyperpriors(θ) ],   p(w) = Σ_j π_j N(w | μ_j, 1/λ_j),
+
+and the transform adds ∂Ω/∂w_i = τ Σ_j r_ij λ_j (w_i − μ_j) to the updates, then takes
+one step of the mixture's own optimizer on θ = (μ, log λ, mixing logits). Component 0
+is the *zero component*: μ_0 is pinned at 0 and π_0 is large (fixed, or learned under a
+Beta prior), so that training drives most weights to exactly representable zeros.
+
+The penalty λ·R(W), R = Σ_i Σ_j γ_ij (w_i − μ_j)² of soft assignments γ_ij, is the
+special case with γ = r held fixed (no gradient through it) and one precision λ_p for
+every component: its weight gradient is τ's when τ·λ_p = 2λ. (For explicit, user-given
+groups see :func:`optreg.share_within_groups`.)
+
+References:
+  Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
+  Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optreg import _hyper, _tree
+from optreg._checks import is_concrete_number, require_params
+from optreg._hyper import Hyperparameter
+from optreg._mixture import (
+    BIG,
+    LOG_PRECISION_BOUNDS,
+    ULLRICH_PRIOR,
+    MixtureParams,
+    MixturePrior,
+    MixtureState,
+    as_mixture,
+    check_prior,
+    hyperprior_nll,
+    in_mixture_dtype,
+    negative_log_density,
+)
+from optreg._soft_share_grid import GridCache, build_cache, cached_gradients, empty_cache, exact_pair
+from optreg._tree import Mask
+
+#: Ullrich et al.'s Adam step sizes for (means, log_precisions, mixing_logits).
+DEFAULT_LEARNING_RATES = MixtureParams(3e-4, 3e-3, 3e-3)
+
+_TRANSFORM_SPELLING = "soft_share_prior(weight_decay=τ, num_components=K)"
+#: The mixture's step, the histogram and the fast mode's table are refreshed every this many updates.
+DEFAULT_REFRESH_EVERY = 8
+_PENALTY_SPELLING = "soft_share_penalty(params, weight_decay=τ, state=state)"
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(
+            f"{name} must be a Python int >= {minimum}, got {value!r}. With optax.inject_hyperparams, "
+            f"list it in static_args. (The strength comes first: {_TRANSFORM_SPELLING}.)"
+        )
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}.")
+    return int(value)
+
+
+def _check_weight_decay(weight_decay: Any, spelling: str) -> None:
+    if weight_decay is None:
+        raise ValueError(
+            f"soft sharing needs weight_decay=τ (a float or schedule); Ullrich et al. use τ ≈ 0.005 / N_train "
+            f"with a mean-over-batch data loss: {spelling}."
+        )
+    if isinstance(weight_decay, (numbers.Integral, np.integer)) and not isinstance(weight_decay, bool) \
+            and int(weight_decay) >= 2:
+        raise TypeError(
+            f"weight_decay={weight_decay!r} is an int: the arguments were reordered and the first one is now "
+            f"the strength τ (before, num_components). Call {spelling}."
+        )
+    _hyper.check_hyperparameter(weight_decay, "weight_decay")
+
+
+def _check_fraction(value: Any, name: str) -> None:
+    if is_concrete_number(value) and not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {name}={value!r}.")
+
+
+def _check_init(init_range: Any, init_std: Any) -> None:
+    if init_range is not None and (
+        not isinstance(init_range, (tuple, list)) or len(init_range) != 2
+        or not all(is_concrete_number(v) for v in init_range) or not float(init_range[0]) < float(init_range[1])
+    ):
+        raise ValueError(f"init_range must be (low, high) with low < high, got init_range={init_range!r}.")
+    if init_std is not None and not (is_concrete_number(init_std) and 0 < float(init_std) < math.inf):
+        raise ValueError(f"init_std must be a finite number > 0, got init_std={init_std!r}.")
+
+
+def _fields_optimizer(rates: Any) -> optax.GradientTransformation:
+    """Adam with one step size per field of :class:`MixtureParams` (Ullrich et al.'s setting)."""
+    if (
+        not isinstance(rates, (tuple, list)) or len(rates) != 3
+        or not all(is_concrete_number(v) and math.isfinite(float(v)) and float(v) >= 0 for v in rates)
+    ):
+        raise ValueError(
+            "learning_rates must be three finite numbers >= 0 for (means, log_precisions, mixing_logits), "
+            f"got learning_rates={rates!r}."
+        )
+    scales = MixtureParams(*(-float(v) for v in rates))
+    scale = optax.stateless(lambda updates, params=None: jax.tree.map(lambda u, s: s * u, updates, scales))
+    return optax.chain(optax.scale_by_adam(), scale)
+
+
+_MOVED_TO_PRIOR = {"precision_prior": "precision", "zero_precision_prior": "zero_precision",
+                   "zero_mixing_prior": "zero_mixing"}
+
+
+def _legacy_keywords(spelling: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Old keywords: ``strength=`` (its meaning moved) raises a TypeError naming the new spelling;
+    ``precision_prior=`` & co. (now ``prior=``) and ``learning_rates=`` (now ``optimizer=``) still work
+    for one release with a DeprecationWarning. The wrapped signature stays the new one (as
+    ``inspect.signature`` and ``optax.inject_hyperparams`` read it)."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        name = function.__name__
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if "strength" in kwargs:
+                raise TypeError(f"{name}() no longer takes strength=: τ is now called weight_decay and comes "
+                                f"first. Call {spelling}.")
+            moved = [key for key in _MOVED_TO_PRIOR if key in kwargs]
+            if moved:
+                fields = ", ".join(f"{_MOVED_TO_PRIOR[key]}=..." for key in moved)
+                warnings.warn(f"{name}({', '.join(key + '=...' for key in moved)}) is deprecated: pass "
+                              f"prior=optreg.MixturePrior({fields}).", DeprecationWarning, stacklevel=2)
+                prior = kwargs.get("prior", MixturePrior())
+                kwargs["prior"] = prior._replace(**{_MOVED_TO_PRIOR[key]: kwargs.pop(key) for key in moved})
+            if "learning_rates" in kwargs and name == "soft_share_prior":
+                warnings.warn("soft_share_prior(learning_rates=...) is deprecated: pass optimizer=, e.g. "
+                              "optax.multi_transform({...}, optreg.MixtureParams('means', 'log_precisions', "
+                              "'mixing_logits')).", DeprecationWarning, stacklevel=2)
+                if kwargs.get("optimizer") is not None:
+                    raise TypeError("pass either optimizer= or the deprecated learning_rates=, not both.")
+                kwargs["optimizer"] = _fields_optimizer(kwargs.pop("learning_rates"))
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------- the mixture
+
+
+def selected_flags(params: Any, mask: Mask) -> list[bool]:
+    """One bool per leaf: under the prior (selected by ``mask`` and floating)."""
+    selected = _tree.resolve_mask(mask, params)
+    return [keep and _tree.is_floating(leaf) for leaf, keep in zip(jax.tree.leaves(params), selected)]
+
+
+def _initial_mixture(
+    weights: Sequence[jax.Array], num_components: int, zero_mixing: Any, init_range: Any, init_std: Any
+) -> MixtureParams:
+    """μ_1..μ_{K−1} evenly over [min w, max w] (or ``init_range``), σ = range/5 (or ``init_std``), π_0 given."""
+    if init_range is not None:
+        low, high = jnp.float32(init_range[0]), jnp.float32(init_range[1])
+    elif weights:
+        low = jnp.min(jnp.stack([jnp.min(w) for w in weights])).astype(jnp.float32)
+        high = jnp.max(jnp.stack([jnp.max(w) for w in weights])).astype(jnp.float32)
+    else:
+        low, high = jnp.float32(-1.0), jnp.float32(1.0)
+    means = jnp.concatenate([jnp.zeros([1], jnp.float32), jnp.linspace(low, high, num_components - 1)])
+    std = jnp.float32(init_std) if init_std is not None else jnp.maximum(high - low, 1e-3) / 5.0
+    log_precisions = jnp.full([num_components], -2.0 * jnp.log(std), jnp.float32)
+    zero = jnp.asarray(zero_mixing, jnp.float32)
+    rest = jnp.log1p(-zero) - jnp.log(jnp.float32(num_components - 1))
+    logits = jnp.concatenate([jnp.log(zero)[None], jnp.full([num_components - 1], rest)])
+    return MixtureParams(means, log_precisions, logits.astype(jnp.float32))
+
+
+def pin(mixture: MixtureParams, zero_mixing: Any, learn_zero_mixing: bool) -> MixtureParams:
+    """μ_0 = 0; log λ within bounds; logits normalised (log π); with a fixed π_0, log π_0 = log ``zero_mixing``."""
+    means = mixture.means.at[0].set(0.0)
+    log_precisions = jnp.clip(mixture.log_precisions, *LOG_PRECISION_BOUNDS)
+    logits = mixture.mixing_logits - jax.nn.logsumexp(mixture.mixing_logits)
+    if not learn_zero_mixing:
+        zero = jnp.asarray(zero_mixing, logits.dtype)
+        rest = logits[1:] - jax.nn.logsumexp(logits[1:]) + jnp.log1p(-zero)
+        logits = jnp.concatenate([jnp.log(zero)[None], rest])
+    return MixtureParams(means, log_precisions, logits)
+
+
+def learned_log_mixing(logits: jax.Array, zero_mixing: Any, learn_zero_mixing: bool) -> jax.Array:
+    """log π as the mixture update parameterises it (with π_0 fixed, the other logits share 1 − π_0)."""
+    if learn_zero_mixing:
+        return jax.nn.log_softmax(logits)
+    zero = jnp.asarray(zero_mixing, logits.dtype)
+    return jnp.concatenate([jnp.log(zero)[None], jax.nn.log_softmax(logits[1:]) + jnp.log1p(-zero)])
+
+
+def mixture_step_gradient(
+    mixture: MixtureParams, data: MixtureParams, prior: MixturePrior, zero_mixing: Any, learn_zero_mixing: bool
+) -> MixtureParams:
+    """The gradient the mixture's optimizer descends: ``data`` (w.r.t. μ, log λ, log π) plus the hyperpriors.
+
+    The data part enters as a linear function with ``data`` as slope, so ``jax.grad`` gives exactly
+    it (and its chain rule from log π to the logits); μ_0 and, when π_0 is fixed, logit 0 get 0.
+    """
+    data = jax.lax.stop_gradient(data)
+    beta_prior = prior if learn_zero_mixing else prior._replace(zero_mixing=None)
+
+    def objective(m: MixtureParams) -> jax.Array:
+        log_mixing = learned_log_mixing(m.mixing_logits, zero_mixing, learn_zero_mixing)
+        linear = jnp.sum(data.means * m.means) + jnp.sum(data.log_precisions * m.log_precisions)
+        return linear + jnp.sum(data.mixing_logits * log_mixing) + hyperprior_nll(m, log_mixing, beta_prior)
+
+    grad = jax.grad(objective)(mixture)
+    grad = jax.tree.map(lambda g: jnp.clip(jnp.nan_to_num(g), -BIG, BIG), grad)
+    grad = grad._replace(means=grad.means.at[0].set(0.0))
+    if not learn_zero_mixing:
+        grad = grad._replace(mixing_logits=grad.mixing_logits.at[0].set(0.0))
+    return grad
+
+
+# ----------------------------------------------------------------------------- the transform
+
+
+def _fast_pair(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
+               learned: jax.Array, grid_size: int, every: int) -> tuple[list[jax.Array], MixtureParams, Any]:
+    """The fast path with its table refreshed every ``every`` updates (and whenever the state's mixture
+    is not the one the cached table was built for): (weight gradients, mixture gradient, cache)."""
+    if every == 1:
+        cache, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
+        return cached_gradients(weights, cache, grid_size), data, None
+    cached: GridCache = state.cache
+    stale = jnp.any(jnp.stack([jnp.any(a != b) for a, b in zip(cached.mixture, mixture)]))
+    branch = jnp.where(state.count % every == 0, 0, jnp.where(stale, 1, 2))
+    zeros = MixtureParams(*(jnp.zeros_like(field) for field in mixture))
+    cache, data = jax.lax.switch(branch, [
+        lambda: build_cache(weights, mixture, log_mixing, learned, grid_size, True),
+        lambda: build_cache(weights, mixture, log_mixing, learned, grid_size, False),
+        lambda: (cached, zeros),
+    ])
+    return cached_gradients(weights, cache, grid_size), data, cache
+
+
+def _gradient_pair(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
+                   learned: jax.Array, mode: str, config: Any) -> tuple[list[jax.Array], MixtureParams, Any]:
+    """(weight gradients, mixture gradient, new cache) by the chosen path; zeros when no leaf is selected."""
+    if not weights:
+        return [], MixtureParams(*(jnp.zeros_like(field) for field in mixture)), state.cache
+    if mode == "exact":
+        gradients, data = exact_pair(weights, mixture, log_mixing, learned)
+        return gradients, data, None
+    return _fast_pair(weights, state, mixture, log_mixing, learned, config.grid_size, config.refresh_every)
+
+
+@_legacy_keywords(_TRANSFORM_SPELLING)
+def soft_share_prior(
+    weight_decay: Hyperparameter,
+    num_components: int = 17,
+    *,
+    prior: MixturePrior = ULLRICH_PRIOR,
+    zero_mixing: Any = 0.99,
+    learn_zero_mixing: bool = False,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    init_range: Optional[tuple[float, float]] = None,
+    init_std: Optional[float] = None,
+    mode: str = "fast",
+    grid_size: int = 4096,
+    refresh_every: int = DEFAULT_REFRESH_EVERY,
+    mask: Mask = None,
+) -> optax.GradientTransformation:
+    """Adds τ·Σ_j r_ij λ_j (w_i − μ_j), the gradient of a learned mixture prior, and learns the mixture.
+
+    ``update(updates, state, params)`` adds the weight gradient of :func:`soft_share_penalty`
+    under the **incoming** state's mixture, then takes one step of ``optimizer`` on the
+    mixture (:class:`MixtureParams`: means, log-precisions, mixing logits) descending
+    the same penalty divided by τ (so the mixture keeps fitting the weights during a τ
+    warm-up from 0), applied with ``optax.apply_updates``. μ_0 stays 0; with
+    ``learn_zero_mixing=False`` π_0 stays ``zero_mixing``. The Gamma hyperpriors of
+    ``prior`` keep every precision finite. Chain it before the optimizer (a loss term)::
+
+        tx = optax.chain(optreg.soft_share_prior(0.005 / n_train, 17), optax.adam(5e-4))
+
+    ``init(params)`` is deterministic: μ_1..μ_{K−1} evenly over the weights' range (or
+    ``init_range``), σ_j = range/5 (or ``init_std``), π_0 = ``zero_mixing``, the rest equal;
+    the state records the mask (see :class:`MixtureState`). :func:`optreg.soft_share_compress`
+    runs the whole compression recipe around this transform.
+
+    Args:
+      weight_decay: τ >= 0: float, 0-d array or optax schedule (e.g. a warm-up). Ullrich et al.
+        use τ ≈ 0.003–0.005 / N_train with a mean-over-batch data loss.
+      num_components: K >= 2, the zero component included (static).
+      prior: the hyperpriors, a :class:`MixturePrior` (default: Ullrich et al.'s Gamma priors).
+      zero_mixing: π_0 in (0, 1), fixed, or the initial value when learned.
+      learn_zero_mixing: learn π_0 too (under ``prior.zero_mixing`` if given).
+      optimizer: the mixture's optimizer, any optax transform over a :class:`MixtureParams`,
+        stepped once per refresh; default Adam with Ullrich et al.'s step sizes (3e-4, 3e-3, 3e-3)
+        for (means, log-precisions, logits) times ``refresh_every`` (the same pace per update).
+        For other rates: ``optax.multi_transform({...}, MixtureParams("means", "log_precisions",
+        "mixing_logits"))``.
+      init_range: (low, high) for the initial means instead of the weights' range.
+      init_std: initial σ of every component instead of range/5.
+      mode: ``"fast"`` (tabulated gradient, histogram sums: O(G·K + N)) or ``"exact"`` (O(N·K)).
+      grid_size: G, the fast mode's grid points (static, >= 16).
+      refresh_every: k >= 1 (static): the mixture's step, and in the fast mode the weights' histogram
+        and the table over the grid, are done every k-th update (the first included); the weight
+        gradient is added at every update, from the table of the state's current mixture (which
+        changes only at a refresh; a state edited by hand is noticed and its table rebuilt). On a
+        refresh the grid spans the weights' range plus 5 % on each side; a weight that leaves it
+        before the next refresh gets the table's tangent at the end (linear extrapolation). The
+        default 8 makes the fixed per-step cost (table, histogram, mixture step) 8 times smaller;
+        1 refreshes at every update.
+      mask: optax-style mask (None: every floating leaf). The mixture is shared by, and its
+        statistics are global over, all selected leaves.
+
+    The old keywords ``precision_prior``, ``zero_precision_prior``, ``zero_mixing_prior`` (now
+    ``prior``) and ``learning_rates`` (now ``optimizer``) still work with a DeprecationWarning;
+    ``strength`` (now ``weight_decay``, first) raises a TypeError.
+
+    Returns:
+      An ``optax.GradientTransformation`` with a :class:`MixtureState`; ``update`` requires ``params``.
+
+    Raises:
+      ValueError, TypeError: at construction for bad arguments (named in the message).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optreg
+      >>> params = {"w": jnp.array([0.01, -0.4, 0.5])}
+      >>> tx = optreg.soft_share_prior(1e-3, 3)
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> state.means.shape
+      (3,)
+
+    References:
+      Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
+      Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
+    """
+    config = _TransformConfig.build(weight_decay, num_components, prior, zero_mixing, learn_zero_mixing, optimizer,
+                                    init_range, init_std, mode, grid_size, refresh_every)
+
+    @jax.jit
+    def initial_mixture(weights: list[jax.Array], zero: jax.Array) -> MixtureParams:
+        mixture = _initial_mixture(weights, config.num_components, zero, init_range, init_std)
+        return pin(mixture, zero, learn_zero_mixing)
+
+    def init_fn(params: Any) -> MixtureState:
+        _tree.check_real(params)
+        flags = selected_flags(params, mask)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        weights = [in_mixture_dtype(leaf) for leaf, keep in zip(leaves, flags) if keep]
+        mixture = initial_mixture(weights, jnp.asarray(zero_mixing, jnp.float32))
+        recorded = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flag) for flag in flags])
+        cache = empty_cache(config.num_components, config.grid_size) if mode == "fast" and \
+            config.refresh_every > 1 else None
+        return MixtureState(_hyper.init_count().count, mixture.means, mixture.log_precisions, mixture.mixing_logits,
+                            config.optimizer.init(mixture), recorded, cache)
+
+    def update_fn(updates: Any, state: MixtureState, params: Optional[Any] = None) -> tuple[Any, MixtureState]:
+        params = require_params(params, "soft_share_prior")
+        update_leaves, treedef = jax.tree_util.tree_flatten(updates)
+        param_leaves = _tree.flatten_like(treedef, params)
+        chosen = [index for index, (u, w, keep) in enumerate(zip(update_leaves, param_leaves,
+                                                                  _tree.resolve_mask(mask, params)))
+                  if keep and _tree.is_floating(u) and _tree.is_floating(w)]
+        mixture = as_mixture(state)
+        log_mixing = jax.nn.log_softmax(mixture.mixing_logits)
+        learned = log_mixing if learn_zero_mixing else learned_log_mixing(mixture.mixing_logits, zero_mixing, False)
+        weights = [in_mixture_dtype(param_leaves[i]) for i in chosen]
+        gradients, data, cache = _gradient_pair(weights, state, mixture, log_mixing, learned, mode, config)
+        tau = _hyper.value_at(weight_decay, state.count).astype(jnp.float32)
+        new_leaves = list(update_leaves)
+        for index, gradient in zip(chosen, gradients):
+            u = update_leaves[index]
+            new_leaves[index] = (u + (tau * gradient).astype(u.dtype)).astype(u.dtype)
+
+        def mixture_step(_: Any) -> tuple[MixtureParams, Any]:
+            grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
+            steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
+            return pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing), optimizer_state
+
+        if config.refresh_every == 1:
+            stepped, optimizer_state = mixture_step(None)
+        else:
+            stepped, optimizer_state = jax.lax.cond(state.count % config.refresh_every == 0, mixture_step,
+                                                    lambda _: (mixture, state.optimizer), None)
+        new_state = MixtureState(optax.safe_int32_increment(state.count), stepped.means, stepped.log_precisions,
+                                 stepped.mixing_logits, optimizer_state, state.mask, cache)
+        return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class _TransformConfig:
+    """The validated, static settings of one :func:`soft_share_prior`."""
+
+    def __init__(self, num_components: int, grid_size: int, prior: MixturePrior,
+                 optimizer: optax.GradientTransformation, refresh_every: int) -> None:
+        self.num_components, self.grid_size, self.prior, self.optimizer = num_components, grid_size, prior, optimizer
+        self.refresh_every = refresh_every
+
+    @classmethod
+    def build(cls, weight_decay: Any, num_components: Any, prior: Any, zero_mixing: Any, learn_zero_mixing: Any,
+              optimizer: Any, init_range: Any, init_std: Any, mode: Any, grid_size: Any,
+              refresh_every: Any) -> _TransformConfig:
+        _check_weight_decay(weight_decay, _TRANSFORM_SPELLING)
+        num_components = _check_int(num_components, "num_components", 2)
+        grid_size = _check_int(grid_size, "grid_size", 16)
+        refresh_every = _check_int(refresh_every, "refresh_every", 1)
+        prior = check_prior(prior)
+        _check_fraction(zero_mixing, "zero_mixing")
+        if not isinstance(learn_zero_mixing, (bool, np.bool_)):
+            raise TypeError(f"learn_zero_mixing must be a bool, got {learn_zero_mixing!r}.")
+        if mode not in ("fast", "exact"):
+            raise ValueError(f"mode must be 'fast' or 'exact', got mode={mode!r}.")
+        _check_init(init_range, init_std)
+        if optimizer is None:  # the mixture steps every k-th update: k-times the step keeps its pace per update
+            optimizer = _fields_optimizer([refresh_every * rate for rate in DEFAULT_LEARNING_RATES])
+        elif not isinstance(optimizer, optax.GradientTransformation):
+            raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+        return cls(num_components, grid_size, prior, optimizer, refresh_every)
+
+
+# ----------------------------------------------------------------------------- the penalty
+
+
+def _state_mask_flags(state: Any, params: Any) -> Optional[list[Any]]:
+    """The state's recorded mask as one flag per leaf of ``params`` (bools or traced 0-d arrays), or None."""
+    recorded = getattr(state, "mask", None)
+    if recorded is None:
+        return None
+    treedef: Any = jax.tree_util.tree_structure(params)
+    try:
+        return treedef.flatten_up_to(recorded)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "the MixtureState's recorded mask does not have the params' structure: pass the params the "
+            f"transform was initialised with.\n{error}"
+        ) from error
+
+
+@_legacy_keywords(_PENALTY_SPELLING)
+def soft_share_penalty(
+    params: Any,
+    weight_decay: Hyperparameter,
+    state: Optional[MixtureState] = None,
+    *,
+    prior: MixturePrior = ULLRICH_PRIOR,
+    mask: Mask = None,
+    count: Any = 0,
+) -> jax.Array:
+    """Ω = τ·[−Σ_i log p(w_i) − log hyperpriors], the loss-side form of :func:`soft_share_prior`.
+
+    The transform's signature with ``params`` in front and the mixture (``state``) after the
+    strength; its gradient in ``params`` is what the transform adds, its gradient in the mixture
+    fields of ``state`` is what the transform's mixture step descends (divided by τ). Use the
+    transform's ``prior``. The prior on π_0 (``prior.zero_mixing``) is included whenever given.
+
+    Args:
+      params: any pytree of arrays (the selected floating leaves are penalised).
+      weight_decay: τ >= 0: float, 0-d array or optax schedule (evaluated at ``count``).
+      state: a :class:`MixtureState` (e.g. ``soft_share_prior(...).init(params)``).
+      prior: the hyperpriors, as given to the transform.
+      mask: optax-style mask; None uses the mask the state recorded (every floating leaf if none).
+      count: the step at which a schedule is evaluated (the transform's k-th update uses ``count=k``).
+
+    Returns:
+      A scalar (float32; float64 for float64 params).
+
+    Raises:
+      TypeError: for the old order ``soft_share_penalty(params, state, strength)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optreg
+      >>> params = {"w": jnp.array([0.01, -0.4, 0.5])}
+      >>> state = optreg.soft_share_prior(1e-3, 3).init(params)
+      >>> jax.grad(optreg.soft_share_penalty)(params, 1e-3, state)["w"].shape
+      (3,)
+
+    References:
+      Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017, eq. (5)–(6).
+    """
+    if isinstance(weight_decay, MixtureState) or state is None or not isinstance(state, MixtureState):
+        raise TypeError(
+            f"soft_share_penalty takes (params, weight_decay, state): the strength now comes before the "
+            f"MixtureState. Call {_PENALTY_SPELLING}."
+        )
+    _check_weight_decay(weight_decay, _PENALTY_SPELLING)
+    prior = check_prior(prior)
+    leaves = jax.tree.leaves(params)
+    recorded = _state_mask_flags(state, params) if mask is None else None
+    flags: Sequence[Any] = selected_flags(params, mask) if recorded is None else [
+        flag if isinstance(flag, jax.core.Tracer) else bool(flag) for flag in recorded]
+    dtype = jnp.result_type(jnp.float32, *[in_mixture_dtype(leaf).dtype for leaf in leaves if _tree.is_floating(leaf)])
+    mixture = as_mixture(state, dtype)
+    log_mixing = jax.nn.log_softmax(mixture.mixing_logits)
+    total = hyperprior_nll(mixture, log_mixing, prior)
+    for leaf, flag in zip(leaves, flags):
+        if _tree.is_floating(leaf) and flag is not False:
+            term = jnp.sum(negative_log_density(in_mixture_dtype(leaf).astype(dtype), mixture, log_mixing))
+            total = total + (term if flag is True else jnp.where(flag, term, 0.0))
+    return _hyper.value_at(weight_decay, jnp.asarray(count)).astype(dtype) * total

@@ -1,0 +1,77 @@
+"""The batches :func:`optreg.soft_share_compress` trains on: any iterable, replayed if it ends early."""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Iterable, Iterator
+
+import jax
+import numpy as np
+
+#: At most this many batches are kept to replay a one-shot iterator that ends before training does.
+MAX_CACHED_BATCHES = 256
+#: The data loss reported by soft_share_compress is the mean over this many first batches.
+HELD_BATCHES = 8
+_END = object()
+
+
+def batch_size_of(batch: Any) -> int:
+    """The leading dimension of the batch's first array leaf."""
+    for leaf in jax.tree.leaves(batch):
+        shape = np.shape(leaf)
+        if shape:
+            return int(shape[0])
+    raise ValueError(
+        "soft_share_compress: a batch must be a pytree of arrays with a leading batch dimension, got a batch "
+        f"with leaves of shapes {[np.shape(leaf) for leaf in jax.tree.leaves(batch)]}."
+    )
+
+
+class Batches:
+    """Endless batches from ``source``: restarted when it is re-iterable, else its first epoch replayed.
+
+    The first ``ceil(num_examples / batch_size)`` batches (at most :data:`MAX_CACHED_BATCHES`) are
+    kept; a source that ends (a one-shot iterator or generator) is then replayed from them in order.
+    The first :data:`HELD_BATCHES` are read ahead: the data loss is measured on them.
+    """
+
+    def __init__(self, source: Iterable[Any], num_examples: int) -> None:
+        self._source = source
+        self._iterator: Iterator[Any] = iter(source)
+        first = next(self._iterator, _END)
+        if first is _END:
+            raise ValueError("soft_share_compress: batches yielded no batch.")
+        self.batch_size = batch_size_of(first)
+        self.steps_per_epoch = max(1, math.ceil(num_examples / self.batch_size))
+        self._limit = min(self.steps_per_epoch, MAX_CACHED_BATCHES)
+        self.cache: list[Any] = [first]
+        self._replay = -1
+        while len(self.cache) < min(HELD_BATCHES, self._limit):
+            batch = next(self._iterator, _END)
+            if batch is _END:
+                break
+            self.cache.append(batch)
+        self._queue = collections.deque(self.cache)
+        self.held = list(self.cache)
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> Any:
+        if self._queue:
+            return self._queue.popleft()
+        if self._replay >= 0:
+            self._replay += 1
+            return self.cache[(self._replay - 1) % len(self.cache)]
+        batch = next(self._iterator, _END)
+        if batch is _END:
+            restarted = iter(self._source)
+            batch = _END if restarted is self._iterator else next(restarted, _END)
+            if batch is _END:
+                self._replay = 1
+                return self.cache[0]
+            self._iterator = restarted
+        if len(self.cache) < self._limit:
+            self.cache.append(batch)
+        return batch

@@ -1,0 +1,514 @@
+"""One call from a trained network to a compressed one: soft weight sharing, snapping, a fine-tune, the count.
+
+:func:`soft_share_compress` runs three phases on the user's ``loss_fn``:
+
+1. **Retraining with the mixture prior** (Ullrich et al. 2017): ``chain(soft_share_prior, adam)``
+   on the *normalised* weights v = w / s (s: each leaf's root mean square), so that one
+   mixture fits every layer whatever its scale, with τ warmed up, held, then raised
+   tenfold so that the weights settle on their components.
+2. **Snapping**: merge the components, snap every weight to its most responsible mean
+   (:func:`optreg.quantize`; the zero component gives exact zeros), and measure how far
+   the weights moved (:class:`optreg.LayerDiagnostics`).
+3. **Fine-tuning the quantised network** (the trained quantisation of Han et al. 2016):
+   the zeros stay zero; every other weight takes the nearest value of its leaf's own
+   codebook; the codebooks and the underlying weights are trained on the data loss
+   through that rounding (gradients passed straight through, Bengio et al. 2013).
+
+The stored network (every value one of its leaf's codebook values, zeros exact) is
+counted as Han et al. do (:func:`optreg.compression_report`).
+
+References:
+  Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
+  Han, Mao & Dally, "Deep compression: compressing deep neural networks with pruning, trained quantization
+  and Huffman coding", ICLR 2016.
+  Bengio, Léonard & Courville, "Estimating or propagating gradients through stochastic neurons for
+  conditional computation", arXiv:1308.3432, 2013 (the straight-through estimator).
+  Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Iterable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optreg import _soft_share_budget as _budget
+from optreg import _tree
+from optreg._compression import DEFAULT_FAR_SIGMAS, DEFAULT_KL_THRESHOLD, LayerDiagnostics, SnapWarning, quantize
+from optreg._mixture import MixturePrior, MixtureState
+from optreg._soft_share import soft_share_prior
+from optreg._soft_share_batches import Batches
+from optreg._storage import CompressionReport, compression_report
+from optreg._tree import Mask
+
+#: The hyperpriors in normalised units (weights divided by their leaf's RMS): non-zero components
+#: held near σ = 0.25 (Gamma mode (α − 1)/β = 16), the zero component near σ_0 = 0.05 (mode 400).
+DEFAULT_PRIOR = MixturePrior(precision=(10000.0, 625.0), zero_precision=(5000.0, 12.5))
+#: The storage floor the fine-tune prunes to when the prior left the network denser.
+DEFAULT_MIN_RATE = 42.0
+
+
+class SoftShareCompressed(NamedTuple):
+    """What :func:`soft_share_compress` returns.
+
+    Attributes:
+      params: the stored network: the input's structure, shapes and dtypes; every quantised
+        leaf takes only its codebook's values and exact zeros.
+      report: its :class:`optreg.CompressionReport` (Han et al.'s count).
+      state: the :class:`optreg.MixtureState` at the end of retraining, over the *normalised*
+        weights w / scale (its ``mask`` records the quantised leaves).
+      diagnostics: one :class:`optreg.LayerDiagnostics` per quantised leaf: how far snapping
+        moved the retrained weights (before the fine-tune), in σ's of their component.
+      codebooks: leaf path -> the distinct non-zero values stored for that leaf.
+      scales: the per-leaf normalisation s (a pytree of floats; 1.0 for leaves left alone).
+      retrained: the float network after retraining, before snapping.
+      losses: mean data loss on the first batches: ``"start"`` (the input), ``"retrained"``,
+        ``"snapped"`` (before the fine-tune) and ``"final"`` (the stored network).
+    """
+
+    params: Any
+    report: CompressionReport
+    state: MixtureState
+    diagnostics: tuple[LayerDiagnostics, ...]
+    codebooks: dict[str, np.ndarray]
+    scales: Any
+    retrained: Any
+    losses: dict[str, float]
+
+
+class _Settings(NamedTuple):
+    """The validated options of one call."""
+
+    steps: int
+    finetune_steps: int
+    weight_decay: float
+    num_components: int
+    zero_mixing: float
+    prior: MixturePrior
+    learning_rate: float
+    finetune_learning_rate: float
+    codebook_learning_rate: float
+    mixture_learning_rate: float
+    kl_threshold: float
+    far_sigmas: float
+    min_rate: Optional[float]
+
+
+# ----------------------------------------------------------------------------- the float leaves, normalised
+
+
+class _Layout:
+    """Splits the params into their floating leaves (trained) and the rest (left as they are)."""
+
+    def __init__(self, params: Any, mask: Mask) -> None:
+        _tree.check_real(params)
+        self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
+        self.paths = _tree.leaf_paths(params)
+        selected = _tree.resolve_mask(mask, params)
+        self.floating = [i for i, leaf in enumerate(self.leaves) if _tree.is_floating(leaf)]
+        self.quantised = [selected[i] for i in self.floating]
+        if not any(self.quantised):
+            raise ValueError("soft_share_compress: mask selects no floating leaf; there is nothing to compress.")
+        self.scales = [_rms(self.leaves[i]) for i in self.floating]
+
+    def normalised(self) -> list[jax.Array]:
+        return [jnp.asarray(self.leaves[i], jnp.float32) / s for i, s in zip(self.floating, self.scales)]
+
+    def params(self, values: list[jax.Array]) -> Any:
+        """The full pytree from normalised float leaves (scaled back, cast to each leaf's dtype)."""
+        leaves = list(self.leaves)
+        for index, value, scale in zip(self.floating, values, self.scales):
+            leaves[index] = (value * scale).astype(jnp.asarray(self.leaves[index]).dtype)
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def host_params(self, values: list[np.ndarray]) -> Any:
+        """The full pytree on the host with these float leaves (for counting bits; not scaled)."""
+        leaves: list[Any] = [np.asarray(leaf) if hasattr(leaf, "shape") else leaf for leaf in self.leaves]
+        for index, value in zip(self.floating, values):
+            leaves[index] = value
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def mask_tree(self) -> Any:
+        flags = [False] * len(self.leaves)
+        for index, keep in zip(self.floating, self.quantised):
+            flags[index] = keep
+        return jax.tree_util.tree_unflatten(self.treedef, flags)
+
+
+def _rms(leaf: Any) -> float:
+    value = float(jnp.sqrt(jnp.mean(jnp.square(jnp.asarray(leaf, jnp.float32))))) if np.size(leaf) else 0.0
+    return value if value > 0 and math.isfinite(value) else 1.0
+
+
+# ----------------------------------------------------------------------------- training loops
+
+
+def _mean_loss(loss: Callable[[Any, Any], jax.Array], trainable: Any, held: list[Any]) -> float:
+    return float(np.mean([float(loss(trainable, batch)) for batch in held]))
+
+
+def _train(step: Callable[..., Any], carry: Any, batches: Batches, steps: int, phase: str,
+           callback: Optional[Callable[[str, int, int], None]]) -> Any:
+    for index in range(steps):
+        carry = step(carry, next(batches))
+        if callback is not None:
+            callback(phase, index, steps)
+    return carry
+
+
+def _strength(weight_decay: float, steps: int) -> optax.Schedule:
+    """τ: linear warm-up over the first 20 % of the steps, held to 50 %, then raised tenfold by the end."""
+    warmup, hold = max(1, steps // 5), max(1, steps // 2)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, weight_decay, warmup), optax.constant_schedule(weight_decay),
+         optax.exponential_decay(weight_decay, max(1, steps - hold), 10.0)],
+        [warmup, hold],
+    )
+
+
+def _retrain(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches,
+             settings: _Settings, callback: Any) -> tuple[list[jax.Array], MixtureState]:
+    """Phase 1: ``chain(soft_share_prior, adam)`` on the normalised float leaves."""
+    prior = soft_share_prior(
+        _strength(settings.weight_decay, settings.steps), settings.num_components, prior=settings.prior,
+        zero_mixing=settings.zero_mixing, optimizer=optax.adam(settings.mixture_learning_rate), init_std=0.5,
+        refresh_every=1, mask=list(layout.quantised),
+    )
+    tx = optax.chain(prior, optax.adam(settings.learning_rate))
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(carry: tuple[Any, Any], batch: Any) -> tuple[Any, Any]:
+        values, state = carry
+        grads = jax.grad(loss)(values, batch)
+        updates, state = tx.update(grads, state, values)
+        return optax.apply_updates(values, updates), state
+
+    values = layout.normalised()
+    values, state = _train(step, (values, tx.init(values)), batches, settings.steps, "retrain", callback)
+    return values, state[0]
+
+
+def _nearest(v: jax.Array, codebook: jax.Array) -> jax.Array:
+    """Each entry of ``v`` -> the nearest value of ``codebook`` (elementwise passes, no (N, C) array).
+
+    Differentiable in ``codebook`` (each value collects the gradient of the entries it is chosen for).
+    """
+    value = jnp.broadcast_to(codebook[0], v.shape)
+    best = jnp.abs(v - codebook[0])
+    for j in range(1, codebook.shape[0]):
+        distance = jnp.abs(v - codebook[j])
+        take = distance < best
+        best = jnp.where(take, distance, best)
+        value = jnp.where(take, codebook[j], value)
+    return value
+
+
+def _rounded(values: list[jax.Array], codebooks: list[Optional[jax.Array]], keep: list[Optional[jax.Array]],
+             straight_through: bool) -> list[jax.Array]:
+    """The quantised float leaves: zeros where snapped to 0, else the nearest codebook value."""
+    out = []
+    for v, codebook, nonzero in zip(values, codebooks, keep):
+        if nonzero is None:
+            out.append(v)
+        elif codebook is None:
+            out.append(jnp.zeros_like(v))
+        else:
+            fixed = jax.lax.stop_gradient(v)
+            q = _nearest(fixed, codebook) + (v - fixed if straight_through else 0.0)
+            out.append(jnp.where(nonzero, q, 0.0))
+    return out
+
+
+def _magnitudes(values: list[jax.Array], keep: list[Optional[Any]]) -> list[Optional[np.ndarray]]:
+    """|v| of the quantised leaves' kept weights on the host (0 where zero; None for other leaves)."""
+    return [None if k is None else np.where(np.asarray(k), np.abs(np.asarray(v, np.float32)), 0.0)
+            for v, k in zip(values, keep)]
+
+
+def _saliencies(carry: Any, keep: list[Optional[Any]]) -> list[Optional[np.ndarray]]:
+    """Optimal Brain Damage's ½·F_ii·v_i² with the empirical Fisher F_ii ≈ Adam's second moment (as √)."""
+    values = carry[0][0]
+    second_moment = carry[1].inner_states["weights"].inner_state[0].nu[0]
+    return [None if k is None else np.where(np.asarray(k), np.sqrt(np.asarray(n, np.float64))
+                                            * np.abs(np.asarray(v, np.float64)) + 1e-30, 0.0)
+            for v, n, k in zip(values, second_moment, keep)]
+
+
+def _rate_of_pattern(layout: _Layout, snapped: list[jax.Array]) -> Callable[[list[Optional[np.ndarray]]], float]:
+    """pattern (per leaf: non-zero where kept) -> the compression rate of the snapped values on it."""
+    host_snapped = [np.asarray(q, np.float32) for q in snapped]
+    mask_tree = layout.mask_tree()
+
+    def rate(pattern: list[Optional[np.ndarray]]) -> float:
+        leaves = [q if p is None else np.where(p != 0, q, 0.0) for q, p in zip(host_snapped, pattern)]
+        return float(compression_report(layout.host_params(leaves), mask=mask_tree).compression_rate)
+
+    return rate
+
+
+def _prune(carry: Any, keep: list[Optional[jax.Array]], base: int, rate: Callable[..., float], index: int,
+           settings: _Settings) -> list[Optional[jax.Array]]:
+    """One pruning event: the zeros the floor needs under the current saliencies, times the cubic schedule."""
+    saliencies = _saliencies(carry, keep)
+    zeros = sum(int(np.sum(m == 0)) for m in saliencies if m is not None)
+    assert settings.min_rate is not None
+    needed = _budget.extra_zeros_for_rate(saliencies, rate, settings.min_rate) + zeros - base
+    due = _budget.zeros_due(index, settings.finetune_steps, needed)
+    masks = _budget.prune_smallest(saliencies, base + due - zeros)
+    return [None if m is None else jnp.asarray(m) for m in masks]
+
+
+#: A leaf keeps at most one codebook value per this many non-zero weights (a value costs 32 bits).
+WEIGHTS_PER_CODEBOOK_VALUE = 16
+
+
+def _leaf_codebook(snapped: np.ndarray) -> Optional[jax.Array]:
+    """The non-zero values one leaf was snapped to, fewer for a small leaf; None when all are zero.
+
+    A leaf with n non-zero weights keeps at most max(1, n // 16) values (a codebook value costs 32
+    bits, two bits per weight at most): the closest pair by Ward's criterion c_a·c_b/(c_a + c_b)·(u_a − u_b)²
+    (c: how many weights use the value) is merged into its count-weighted mean until few enough remain.
+    """
+    unique, usage = np.unique(snapped[snapped != 0], return_counts=True)
+    if not unique.size:
+        return None
+    values, counts = [float(v) for v in unique], [float(c) for c in usage]
+    limit = max(1, int(sum(counts)) // WEIGHTS_PER_CODEBOOK_VALUE)
+    while len(values) > limit:
+        costs = [counts[i] * counts[i + 1] / (counts[i] + counts[i + 1]) * (values[i] - values[i + 1]) ** 2
+                 for i in range(len(values) - 1)]
+        i = int(np.argmin(costs))
+        total = counts[i] + counts[i + 1]
+        values[i] = (counts[i] * values[i] + counts[i + 1] * values[i + 1]) / total
+        counts[i] = total
+        del values[i + 1], counts[i + 1]
+    return jnp.asarray(values, jnp.float32)
+
+
+def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches, values: list[jax.Array],
+              snapped: list[jax.Array], settings: _Settings,
+              callback: Any) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
+    """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding.
+
+    When the snapped network stores below ``min_rate``, the smallest weights are zeroed on the
+    cubic schedule of :mod:`optreg._soft_share_budget` during the first half.
+    """
+    keep: list[Optional[jax.Array]] = [(q != 0) if quantised else None
+                                       for q, quantised in zip(snapped, layout.quantised)]
+    codebooks = [_leaf_codebook(np.asarray(q)) if quantised else None
+                 for q, quantised in zip(snapped, layout.quantised)]
+    trainable = (values, [c for c in codebooks if c is not None])
+    labels = (["weights"] * len(values), ["codebooks"] * len(trainable[1]))
+    tx = optax.multi_transform({"weights": optax.adam(settings.finetune_learning_rate),
+                                "codebooks": optax.adam(settings.codebook_learning_rate)}, labels)
+
+    def fill(found: list[jax.Array]) -> list[Optional[jax.Array]]:
+        it = iter(found)
+        return [next(it) if c is not None else None for c in codebooks]
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(carry: tuple[Any, Any], batch: Any, keep: list[Optional[jax.Array]]) -> tuple[Any, Any]:
+        t, state = carry
+        grads = jax.grad(lambda t: loss(_rounded(t[0], fill(t[1]), keep, True), batch))(t)
+        updates, state = tx.update(grads, state, t)
+        return optax.apply_updates(t, updates), state
+
+    rate = _rate_of_pattern(layout, snapped)
+    prune = settings.min_rate is not None and rate(_magnitudes(values, keep)) < settings.min_rate
+    base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
+    carry = (trainable, tx.init(trainable))
+    for index in range(settings.finetune_steps):
+        carry = step(carry, next(batches), keep)
+        if prune and _budget.is_pruning_step(index, settings.finetune_steps):
+            keep = _prune(carry, keep, base, rate, index, settings)
+        if callback is not None:
+            callback("finetune", index, settings.finetune_steps)
+    trainable = carry[0]
+    return trainable[0], fill(trainable[1]), keep
+
+
+# ----------------------------------------------------------------------------- snapping and what is reported
+
+
+def _snap(layout: _Layout, values: list[jax.Array], state: MixtureState, settings: _Settings) -> Any:
+    """Phase 2: :func:`optreg.quantize` of the normalised leaves (no warning: the fine-tune follows)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SnapWarning)
+        return quantize(values, state, kl_threshold=settings.kl_threshold, far_sigmas=settings.far_sigmas,
+                        warn_far_fraction=None)
+
+
+def _relabel(layout: _Layout, quantized: Any) -> tuple[LayerDiagnostics, ...]:
+    """The diagnostics with the params' paths (quantize saw the list of float leaves)."""
+    return tuple(d._replace(path=layout.paths[layout.floating[int(d.path)]]) for d in quantized.diagnostics)
+
+
+def _codebooks(layout: _Layout, stored: Any) -> dict[str, np.ndarray]:
+    leaves = jax.tree.leaves(stored)
+    out = {}
+    for index, keep in zip(layout.floating, layout.quantised):
+        if keep:
+            values = np.unique(np.asarray(jax.device_get(leaves[index]), np.float32))
+            out[layout.paths[index]] = values[values != 0]
+    return out
+
+
+def _scales(layout: _Layout) -> Any:
+    leaves: list[Any] = [1.0] * len(layout.leaves)
+    for index, scale in zip(layout.floating, layout.scales):
+        leaves[index] = scale
+    return jax.tree_util.tree_unflatten(layout.treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- the public call
+
+
+def _positive(value: Any, name: str, *, integer: bool = False, fraction: bool = False) -> Any:
+    kinds = (numbers.Integral, np.integer) if integer else (numbers.Real, np.floating, np.integer)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(float(value)) \
+            or float(value) <= 0 or (fraction and float(value) >= 1):
+        wanted = "an int >= 1" if integer else ("a number in (0, 1)" if fraction else "a finite number > 0")
+        raise ValueError(f"soft_share_compress: {name} must be {wanted}, got {name}={value!r}.")
+    return int(float(value)) if integer else float(value)
+
+
+def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
+    """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 of fine-tuning."""
+    n = _positive(num_examples, "num_examples", integer=True)
+    epochs = batches.steps_per_epoch
+    defaults = {
+        "steps": max(1000, 60 * epochs), "finetune_steps": max(1000, 80 * epochs), "weight_decay": 0.01 / n,
+        "num_components": 8, "zero_mixing": 0.997, "learning_rate": 1e-2, "finetune_learning_rate": 1e-2,
+        "codebook_learning_rate": 1e-3, "mixture_learning_rate": 1e-2,
+    }
+    values = {name: defaults[name] if options.get(name) is None else options[name] for name in defaults}
+    for name in ("steps", "finetune_steps", "num_components"):
+        values[name] = _positive(values[name], name, integer=True)
+    for name in ("weight_decay", "learning_rate", "finetune_learning_rate", "codebook_learning_rate",
+                 "mixture_learning_rate"):
+        values[name] = _positive(values[name], name)
+    values["zero_mixing"] = _positive(values["zero_mixing"], "zero_mixing", fraction=True)
+    if values["num_components"] < 2:
+        raise ValueError(f"soft_share_compress: num_components must be >= 2, got {values['num_components']}.")
+    far_sigmas = _positive(options["far_sigmas"], "far_sigmas")
+    kl_threshold = options["kl_threshold"]
+    if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not float(kl_threshold) >= 0:
+        raise ValueError(f"soft_share_compress: kl_threshold must be a number >= 0, got {kl_threshold!r}.")
+    min_rate = None if options["min_rate"] is None else _positive(options["min_rate"], "min_rate")
+    return _Settings(prior=options["prior"], kl_threshold=float(kl_threshold), far_sigmas=far_sigmas,
+                     min_rate=min_rate, **values)
+
+
+def soft_share_compress(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    num_examples: int,
+    mask: Mask = None,
+    num_components: Optional[int] = None,
+    zero_mixing: Optional[float] = None,
+    weight_decay: Optional[float] = None,
+    prior: MixturePrior = DEFAULT_PRIOR,
+    steps: Optional[int] = None,
+    finetune_steps: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    finetune_learning_rate: Optional[float] = None,
+    codebook_learning_rate: Optional[float] = None,
+    mixture_learning_rate: Optional[float] = None,
+    kl_threshold: float = DEFAULT_KL_THRESHOLD,
+    far_sigmas: float = DEFAULT_FAR_SIGMAS,
+    min_rate: Optional[float] = DEFAULT_MIN_RATE,
+    callback: Optional[Callable[[str, int, int], None]] = None,
+) -> SoftShareCompressed:
+    """Compresses a trained network with soft weight sharing: retrain, snap, fine-tune, count.
+
+    Runs Ullrich et al.'s retraining under a learned mixture prior (on each leaf's weights
+    divided by their root mean square, so that one mixture fits every layer), merges and
+    snaps the weights (the zero component gives exact zeros), fine-tunes the quantised
+    network with its zeros fixed and one small codebook per leaf (Han et al.'s trained
+    quantisation), and counts the storage as Han et al. The defaults need no tuning; every
+    one can be overridden. See the guide (docs/soft-sharing.md) for what each setting does.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the data term, a mean over the batch
+        (no regulariser). It is jitted.
+      params: the trained network (any pytree; floating leaves are trained, others kept).
+      batches: an iterable of batches (pytrees of arrays with a leading batch axis), possibly
+        endless. A finite one is restarted when it can be iterated again, else its first
+        epoch is replayed.
+      num_examples: N, the number of training examples (sets τ's scale and the epoch length).
+      mask: optax-style mask of the leaves to quantise (default: every floating leaf, biases
+        included); the others are fine-tuned as floats and stored at 32 bits.
+      num_components: K of the mixture, the zero component included (default 8: with the
+        filler zero, 3-bit codebook indices).
+      zero_mixing: π_0, the zero component's fixed proportion; it sets the sparsity (default 0.997).
+      weight_decay: τ of the prior on the normalised weights (default 0.01 / num_examples),
+        warmed up over 20 % of the steps, held, and raised tenfold over the second half.
+      prior: the hyperpriors in normalised units (default: σ ≈ 0.25 for the non-zero
+        components, σ_0 ≈ 0.05 for the zero component).
+      steps: retraining steps (default max(1000, 60 epochs)).
+      finetune_steps: fine-tuning steps after snapping (default max(1000, 80 epochs)).
+      learning_rate: Adam's step on the normalised weights while retraining (default 1e-2).
+      finetune_learning_rate: Adam's step on the normalised weights while fine-tuning (default 1e-2).
+      codebook_learning_rate: Adam's step on the codebooks while fine-tuning (default 1e-3).
+      mixture_learning_rate: Adam's step on the mixture while retraining (default 1e-2).
+      kl_threshold: merging threshold of :func:`optreg.quantize`.
+      far_sigmas: k of the diagnostics (weights farther than k·σ from their component).
+      min_rate: a floor on the compression rate (Han et al.'s count): when the snapped network
+        stores below it, the fine-tune prunes the smallest weights gradually until it does
+        (default 42; None: only what the prior decided).
+      callback: ``callback(phase, step, total)`` after every step (``phase`` is "retrain" or
+        "finetune"), e.g. for a progress bar.
+
+    Returns:
+      A :class:`SoftShareCompressed`: ``params`` (the stored network), ``report``, ``state``,
+      ``diagnostics``, ``codebooks``, ``scales``, ``retrained`` and ``losses``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, optreg
+      >>> x = np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
+      >>> y = x @ np.linspace(-1.0, 1.0, 8).astype(np.float32)
+      >>> loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+      >>> batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+      >>> out = optreg.soft_share_compress(loss, {"w": jnp.linspace(-1.0, 1.0, 8)}, batches,
+      ...                                  num_examples=256, steps=200, finetune_steps=200)
+      >>> out.params["w"].shape, out.report.size
+      ((8,), 8)
+
+    References:
+      Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
+      Han, Mao & Dally, "Deep compression", ICLR 2016.
+    """
+    layout = _Layout(params, mask)
+    stream = Batches(batches, num_examples)
+    settings = _settings(num_examples, stream, {
+        "num_components": num_components, "zero_mixing": zero_mixing, "weight_decay": weight_decay,
+        "steps": steps, "finetune_steps": finetune_steps, "learning_rate": learning_rate,
+        "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
+        "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
+        "far_sigmas": far_sigmas, "min_rate": min_rate})
+    loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
+    losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
+    values, state = _retrain(layout, loss, stream, settings, callback)
+    losses["retrained"] = _mean_loss(loss, values, stream.held)
+    retrained = layout.params(values)
+    quantized = _snap(layout, values, state, settings)
+    losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
+    values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback)
+    final = _rounded(values, codebooks, keep, False)
+    losses["final"] = _mean_loss(loss, final, stream.held)
+    stored = layout.params(final)
+    mask_tree = layout.mask_tree()
+    report = compression_report(stored, mask=mask_tree)
+    return SoftShareCompressed(
+        stored, report, state._replace(mask=jax.tree.map(jnp.asarray, mask_tree)), _relabel(layout, quantized),
+        _codebooks(layout, stored), _scales(layout), retrained, losses,
+    )
