@@ -95,7 +95,7 @@ class MixtureState(NamedTuple):
         floating leaf.
       cache: the fast mode's table of the weight gradient and the mixture it was
         built for, kept between refreshes (``refresh_every > 1``), else None. A
-        state whose mixture was edited by hand rebuilds it at its next update.
+        state whose mixture was edited by hand is refreshed at its next update.
     """
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states

@@ -234,34 +234,42 @@ def mixture_step_gradient(
 # ----------------------------------------------------------------------------- the transform
 
 
-def _fast_pair(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
-               learned: jax.Array, grid_size: int, every: int) -> tuple[list[jax.Array], MixtureParams, Any]:
-    """The fast path with its table refreshed every ``every`` updates (and whenever the state's mixture
-    is not the one the cached table was built for): (weight gradients, mixture gradient, cache)."""
-    if every == 1:
-        cache, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
-        return cached_gradients(weights, cache, grid_size), data, None
+def _refreshed_step(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
+                    learned: jax.Array, grid_size: int, every: int,
+                    mixture_step: Callable[[MixtureParams], tuple[MixtureParams, Any]]) -> tuple[list, Any, Any, Any]:
+    """The fast path with ``refresh_every = every > 1``: (weight gradients, stepped mixture, optimizer state, cache).
+
+    One conditional per update: on a refresh (every ``every``-th update, or when the state's mixture is
+    not the one its cached table was built for, e.g. edited by hand) it builds the table and histogram
+    for the incoming mixture, steps the mixture and builds the table of the new one for the next
+    updates; otherwise it passes the state through. The weight gradients come from the incoming
+    mixture's table either way.
+    """
     cached: GridCache = state.cache
     stale = jnp.any(jnp.stack([jnp.any(a != b) for a, b in zip(cached.mixture, mixture)]))
-    branch = jnp.where(state.count % every == 0, 0, jnp.where(stale, 1, 2))
-    zeros = MixtureParams(*(jnp.zeros_like(field) for field in mixture))
-    cache, data = jax.lax.switch(branch, [
-        lambda: build_cache(weights, mixture, log_mixing, learned, grid_size, True),
-        lambda: build_cache(weights, mixture, log_mixing, learned, grid_size, False),
-        lambda: (cached, zeros),
-    ])
-    return cached_gradients(weights, cache, grid_size), data, cache
+
+    def refresh(_: Any) -> tuple[GridCache, GridCache, MixtureParams, Any]:
+        now, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
+        stepped, optimizer_state = mixture_step(data)
+        after, _ = build_cache(weights, stepped, jax.nn.log_softmax(stepped.mixing_logits), learned, grid_size, False)
+        return now, after, stepped, optimizer_state
+
+    def keep(_: Any) -> tuple[GridCache, GridCache, MixtureParams, Any]:
+        return cached, cached, mixture, state.optimizer
+
+    now, after, stepped, optimizer_state = jax.lax.cond((state.count % every == 0) | stale, refresh, keep, None)
+    return cached_gradients(weights, now, grid_size), stepped, optimizer_state, after
 
 
-def _gradient_pair(weights: list[jax.Array], state: MixtureState, mixture: MixtureParams, log_mixing: jax.Array,
-                   learned: jax.Array, mode: str, config: Any) -> tuple[list[jax.Array], MixtureParams, Any]:
-    """(weight gradients, mixture gradient, new cache) by the chosen path; zeros when no leaf is selected."""
+def _gradient_pair(weights: list[jax.Array], mixture: MixtureParams, log_mixing: jax.Array, learned: jax.Array,
+                   mode: str, grid_size: int) -> tuple[list[jax.Array], MixtureParams]:
+    """(weight gradients, mixture gradient) by the chosen path; zeros when no leaf is selected."""
     if not weights:
-        return [], MixtureParams(*(jnp.zeros_like(field) for field in mixture)), state.cache
+        return [], MixtureParams(*(jnp.zeros_like(field) for field in mixture))
     if mode == "exact":
-        gradients, data = exact_pair(weights, mixture, log_mixing, learned)
-        return gradients, data, None
-    return _fast_pair(weights, state, mixture, log_mixing, learned, config.grid_size, config.refresh_every)
+        return exact_pair(weights, mixture, log_mixing, learned)
+    cache, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
+    return cached_gradients(weights, cache, grid_size), data
 
 
 @_legacy_keywords(_TRANSFORM_SPELLING)
@@ -316,7 +324,8 @@ def soft_share_prior(
       refresh_every: k >= 1 (static): the mixture's step, and in the fast mode the weights' histogram
         and the table over the grid, are done every k-th update (the first included); the weight
         gradient is added at every update, from the table of the state's current mixture (which
-        changes only at a refresh; a state edited by hand is noticed and its table rebuilt). On a
+        changes only at a refresh; a state whose mixture was edited by hand is noticed and refreshed
+        at its next update). On a
         refresh the grid spans the weights' range plus 5 % on each side; a weight that leaves it
         before the next refresh gets the table's tangent at the end (linear extrapolation). The
         default 8 makes the fixed per-step cost (table, histogram, mixture step) 8 times smaller;
@@ -377,23 +386,27 @@ def soft_share_prior(
         log_mixing = jax.nn.log_softmax(mixture.mixing_logits)
         learned = log_mixing if learn_zero_mixing else learned_log_mixing(mixture.mixing_logits, zero_mixing, False)
         weights = [in_mixture_dtype(param_leaves[i]) for i in chosen]
-        gradients, data, cache = _gradient_pair(weights, state, mixture, log_mixing, learned, mode, config)
+        def mixture_step(data: MixtureParams) -> tuple[MixtureParams, Any]:
+            grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
+            steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
+            return pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing), optimizer_state
+
+        every, cache = config.refresh_every, state.cache
+        if mode == "fast" and every > 1 and weights:
+            gradients, stepped, optimizer_state, cache = _refreshed_step(
+                weights, state, mixture, log_mixing, learned, config.grid_size, every, mixture_step)
+        else:
+            gradients, data = _gradient_pair(weights, mixture, log_mixing, learned, mode, config.grid_size)
+            if every == 1:
+                stepped, optimizer_state = mixture_step(data)
+            else:
+                stepped, optimizer_state = jax.lax.cond(state.count % every == 0, mixture_step,
+                                                        lambda _: (mixture, state.optimizer), data)
         tau = _hyper.value_at(weight_decay, state.count).astype(jnp.float32)
         new_leaves = list(update_leaves)
         for index, gradient in zip(chosen, gradients):
             u = update_leaves[index]
             new_leaves[index] = (u + (tau * gradient).astype(u.dtype)).astype(u.dtype)
-
-        def mixture_step(_: Any) -> tuple[MixtureParams, Any]:
-            grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
-            steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
-            return pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing), optimizer_state
-
-        if config.refresh_every == 1:
-            stepped, optimizer_state = mixture_step(None)
-        else:
-            stepped, optimizer_state = jax.lax.cond(state.count % config.refresh_every == 0, mixture_step,
-                                                    lambda _: (mixture, state.optimizer), None)
         new_state = MixtureState(optax.safe_int32_increment(state.count), stepped.means, stepped.log_precisions,
                                  stepped.mixing_logits, optimizer_state, state.mask, cache)
         return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
