@@ -61,10 +61,10 @@ def _check_anchor(anchor: Any, *, allow_init: bool = True) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(anchor)[0]:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None:
-            if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.number)):
+            if not isinstance(leaf, (bool, int, float, np.number)):
                 raise TypeError(f"anchor leaf {_tree.path_to_string(path)!r} must be an array or number, got {leaf!r}.")
             continue
-        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(f"anchor leaf {_tree.path_to_string(path)!r} has dtype {dtype}; anchors are real numbers.")
 
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optreg import _hyper
+from optreg import _hyper, _tree
 from optreg._checks import check_exponent
 from optreg._elementwise import elementwise_transform
 from optreg._hyper import Hyperparameter
@@ -268,6 +268,9 @@ def scale_by_learning_rate_and_prox(
         updates: Any, state: LearningRateAndProxState, params: Optional[Any] = None, **extra_args: Any
     ) -> tuple[Any, LearningRateAndProxState]:
         scaled, step_state = step.update(updates, state.step, params, **extra_args)
+        # integer and bool updates pass through (optreg's rule for non-floating leaves), None stays None
+        scaled = jax.tree.map(lambda new, old: new if old is not None and _tree.is_floating(old) else old,
+                              scaled, updates, is_leaf=lambda x: x is None)
         probe, _ = step.update(jnp.ones((), jnp.float32), state.step, None, **extra_args)
         rate = -jnp.asarray(probe)
         new_updates, prox_state = proximal(rate).update(scaled, state.prox, params)

@@ -93,7 +93,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     Entry("share_within_groups", lambda p: {"weight_decay": 1e-4, "groups": _group_labels(p)}, "before",
           static=("groups",), elementwise=False),
     Entry("soft_share_prior", lambda p: {"weight_decay": 1e-6, "num_components": 17}, "before",
-          static=("num_components",), elementwise=False),
+          static=("num_components", "grid_size", "refresh_every"), elementwise=False),
     Entry("proximal_lq", lambda p: {"learning_rate": LEARNING_RATE, "weight_decay": 1e-4, "q": 1.0}, "last",
           static=("q",)),
     Entry("proximal_elastic_net", lambda p: {"learning_rate": LEARNING_RATE, "l1": 1e-5, "l2": 1e-4}, "last"),

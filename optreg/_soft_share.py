@@ -377,10 +377,9 @@ def soft_share_prior(
 
     def update_fn(updates: Any, state: MixtureState, params: Optional[Any] = None) -> tuple[Any, MixtureState]:
         params = require_params(params, "soft_share_prior")
-        update_leaves, treedef = jax.tree_util.tree_flatten(updates)
-        param_leaves = _tree.flatten_like(treedef, params)
-        chosen = [index for index, (u, w, keep) in enumerate(zip(update_leaves, param_leaves,
-                                                                  _tree.resolve_mask(mask, params)))
+        update_leaves, treedef, param_leaves, flags = _tree.flatten_updates(  # None updates pass through
+            updates, params, _tree.resolve_mask(mask, params))
+        chosen = [index for index, (u, w, keep) in enumerate(zip(update_leaves, param_leaves, flags))
                   if keep and _tree.is_floating(u) and _tree.is_floating(w)]
         mixture = as_mixture(state)
         log_mixing = jax.nn.log_softmax(mixture.mixing_logits)

@@ -211,6 +211,10 @@ def transforms_for_mixed_leaves() -> list[tuple[str, optax.GradientTransformatio
         ("independent_weight_decay", optreg.independent_weight_decay(0.5)),
         ("add_orthogonal_decay", optreg.add_orthogonal_decay(0.5)),
         ("add_spectral_decay", optreg.add_spectral_decay(0.5)),
+        ("proximal_group_lasso", optreg.proximal_group_lasso(1.0, 0.5)),
+        ("project", optreg.project(lambda tree: jax.tree.map(lambda x: 0.5 * x, tree))),
+        ("scale_by_learning_rate_and_prox", optreg.scale_by_learning_rate_and_prox(
+            1.0, lambda learning_rate: optreg.proximal_lq(learning_rate, 0.5, 1.0))),
     ]
 
 
