@@ -46,7 +46,7 @@ def _decay_mask() -> optax.GradientTransformation:
 
 
 def _soft_share() -> optax.GradientTransformation:
-    prior = optreg.soft_share_prior(5, strength=1e-2, mode="exact", mask=optreg.decay_mask)
+    prior = optreg.soft_share_prior(1e-2, 5, mode="exact", mask=optreg.decay_mask)
     return optax.chain(prior, optax.sgd(LEARNING_RATE))
 
 
@@ -167,7 +167,7 @@ def test_regularizers_on_a_full_variable_dict_skip_batch_stats() -> None:
         optreg.per_layer_decay({"kernel": 1.0}),
     ]
     transforms.append(optreg.proximal_lq(1.0, 1.0, q=1, mask=optreg.decay_mask))
-    transforms.append(optreg.soft_share_prior(5, strength=1.0, mode="exact", mask=optreg.decay_mask))
+    transforms.append(optreg.soft_share_prior(1.0, 5, mode="exact", mask=optreg.decay_mask))
     for tx in transforms:
         updates, _ = jax.jit(tx.update)(zeros, tx.init(variables), variables)
         for key in ("mean", "var"):
@@ -257,7 +257,7 @@ def _checkpoint_chain(first_kernel: str) -> optax.GradientTransformation:
     parts = [
         optreg.per_layer_decay({first_kernel: 1e-2}, q=1.5),
         optreg.add_decayed_weights_q(optax.cosine_decay_schedule(1e-2, 20), mask=optreg.decay_mask),
-        optreg.soft_share_prior(5, strength=1e-2, mode="exact", mask=optreg.decay_mask),
+        optreg.soft_share_prior(1e-2, 5, mode="exact", mask=optreg.decay_mask),
         optax.adam(1e-2),
         optreg.proximal_lq(1e-2, 1e-2, q=1, mask=optreg.decay_mask),
     ]

@@ -215,7 +215,8 @@ def test_restored_run_continues_bit_identically(name, checkpointer, uninterrupte
     assert jax.tree.structure(restored_state) == jax.tree.structure(state)  # NamedTuple types come back
     assert_bitwise_equal((restored_params, restored_state), (params, state))
     counts = [leaf for leaf in jax.tree.leaves(restored_state) if np.asarray(leaf).dtype == np.int32]
-    assert counts and all(int(np.max(count)) == SPLIT for count in counts if np.ndim(count) == 0)
+    # the step counts came back (other int32 scalars, e.g. the step a cached table was built at, may differ)
+    assert counts and any(int(np.max(count)) == SPLIT for count in counts if np.ndim(count) == 0)
     assert_bitwise_equal(run(step, restored_params, restored_state, range(SPLIT, STEPS)), uninterrupted[name])
 
 
