@@ -74,7 +74,7 @@ def test_dtypes_and_shapes_kept(dtype, q):
 
 
 def test_closed_form_sgd_step_q2(tree, grads):
-    """Seed 001: w ← (1 − ηλ)w − η∇L."""
+    """Zhang et al., Dive into Deep Learning §3.7: w ← (1 − ηλ)w − η∇L."""
     eta, lam = 0.1, 0.3
     tx = optax.chain(optreg.add_decayed_weights_q(lam, 2.0), optax.sgd(eta))
     new = optax.apply_updates(tree, apply(tx, grads, tree))
