@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optreg import _tree
-from optreg._mixture import BIG, MixtureState, in_mixture_dtype
+from optreg._mixture import BIG, MixtureState, in_mixture_dtype, recorded_mask
 from optreg._tree import Mask
 
 #: Merge two components when their KL separation (see :func:`merge_components`) is below this.
@@ -93,14 +93,7 @@ def recorded_flags(state: Any, params: Any, mask: Mask, function: str) -> list[b
     recorded = getattr(state, "mask", None)
     if recorded is None:
         return flags
-    treedef: Any = jax.tree_util.tree_structure(params)
-    try:
-        from_state = [bool(host(flag)) for flag in treedef.flatten_up_to(recorded)]
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"{function}: the state's recorded mask does not have the params' structure; pass the params "
-            f"the transform was trained on.\n{error}"
-        ) from error
+    from_state = [bool(host(flag)) for flag in recorded_mask(recorded, params, function)]
     if mask is not None and from_state != flags:
         raise ValueError(
             f"{function}: mask= differs from the mask the state recorded at init (the transform's); "

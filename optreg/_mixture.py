@@ -88,8 +88,10 @@ class MixtureState(NamedTuple):
       log_precisions: log λ_j, shape (K,), float32.
       mixing_logits: shape (K,), float32 (stored normalised: log π).
       optimizer: the state of the mixture's optimizer (over a :class:`MixtureParams`).
-      mask: which leaves of the params the prior acts on: a pytree with the
-        params' structure and one 0-d bool array per leaf, recorded by ``init``,
+      mask: which leaves of the params the prior acts on: a 1-D bool array
+        with one flag per leaf of the params (in ``jax.tree.leaves`` order),
+        recorded by ``init`` (a flat array rather than a params-shaped tree, so
+        ``optax.tree_utils.tree_map_params`` never takes it for parameters),
         so that :func:`optreg.quantize` and :func:`optreg.compression_report`
         reuse the transform's mask. None (e.g. in a hand-made state): every
         floating leaf.
@@ -274,3 +276,14 @@ def exact_weight_gradient(weights: jax.Array, state: MixtureState) -> jax.Array:
     w = in_mixture_dtype(weights)
     mixture = as_mixture(state, w.dtype)
     return weight_gradient(w, mixture, jax.nn.log_softmax(mixture.mixing_logits))
+
+
+def recorded_mask(recorded: Any, params: Any, function: str) -> list[Any]:
+    """The flags a :class:`MixtureState` recorded at ``init``, one per leaf of ``params``."""
+    count = len(jax.tree.leaves(params))
+    if np.shape(recorded) != (count,):
+        raise ValueError(
+            f"{function}: the state's recorded mask has shape {np.shape(recorded)}, the params have {count} "
+            "leaves: pass the params the transform was initialised with."
+        )
+    return [recorded[index] for index in range(count)]

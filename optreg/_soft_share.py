@@ -47,6 +47,7 @@ from optreg._mixture import (
     hyperprior_nll,
     in_mixture_dtype,
     negative_log_density,
+    recorded_mask,
 )
 from optreg._soft_share_grid import GridCache, build_cache, cached_gradients, empty_cache, exact_pair
 from optreg._tree import Mask
@@ -369,7 +370,7 @@ def soft_share_prior(
         leaves, treedef = jax.tree_util.tree_flatten(params)
         weights = [in_mixture_dtype(leaf) for leaf, keep in zip(leaves, flags) if keep]
         mixture = initial_mixture(weights, jnp.asarray(zero_mixing, jnp.float32))
-        recorded = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flag) for flag in flags])
+        recorded = jnp.asarray([bool(flag) for flag in flags], jnp.bool_).reshape(len(flags))
         cache = empty_cache(config.num_components, config.grid_size) if mode == "fast" and \
             config.refresh_every > 1 else None
         return MixtureState(_hyper.init_count().count, mixture.means, mixture.log_precisions, mixture.mixing_logits,
@@ -451,14 +452,7 @@ def _state_mask_flags(state: Any, params: Any) -> Optional[list[Any]]:
     recorded = getattr(state, "mask", None)
     if recorded is None:
         return None
-    treedef: Any = jax.tree_util.tree_structure(params)
-    try:
-        return treedef.flatten_up_to(recorded)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            "the MixtureState's recorded mask does not have the params' structure: pass the params the "
-            f"transform was initialised with.\n{error}"
-        ) from error
+    return recorded_mask(recorded, params, "soft_share_penalty")
 
 
 @_legacy_keywords(_PENALTY_SPELLING)

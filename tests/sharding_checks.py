@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import sys
 import time
@@ -500,8 +501,12 @@ SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
 
 
 def _partial_results(op: str, elements: int, smallest: int) -> bool:
-    """A collective that only combines per-device partial results, never parameter-sized data."""
-    return (op == "all-reduce" and elements < smallest) or (op == "all-gather" and elements <= NUM_DEVICES)
+    """A collective that only combines per-device partial results or per-unit statistics, never
+    parameter-sized data: an all-reduce smaller than the smallest sharded parameter, or an all-gather
+    of at most one value per device or per unit (√ of the smallest sharded parameter: a group lasso's
+    or a per-unit ball's column norms of a square kernel)."""
+    gatherable = max(NUM_DEVICES, int(math.isqrt(smallest)))
+    return (op == "all-reduce" and elements < smallest) or (op == "all-gather" and elements <= gatherable)
 
 
 def _describe(found: list[tuple[str, int]]) -> str:
@@ -644,8 +649,10 @@ class Runner:
                 mine, theirs = leaf.addressable_shards[0].data.shape, param.addressable_shards[0].data.shape
                 if not leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim) or mine != theirs:
                     bad.append(f"{name}: {leaf.sharding.spec} shard {mine}, param {param.sharding.spec} shard {theirs}")
+            smallest = min(leaf.size for leaf in jax.tree.leaves(params) if AXIS in fsdp_spec(leaf.shape))
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-                if leaf.size >= MIN_SHARDED_SIZE and leaf.sharding.is_fully_replicated:
+                # a replicated leaf smaller than any sharded parameter is mixture- or unit-sized (a table)
+                if leaf.size >= max(MIN_SHARDED_SIZE, smallest) and leaf.sharding.is_fully_replicated:
                     bad.append(f"{path_to_string(path)}: {leaf.shape} replicated on every device")
             assert not bad, f"{label}: {bad}"
             details.append(f"{label}: {len(pairs)} state leaves mirror params")
