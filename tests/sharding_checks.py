@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 import sys
 import time
@@ -500,12 +499,12 @@ COLLECTIVE = re.compile(
 SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
 
 
-def _partial_results(op: str, elements: int, smallest: int) -> bool:
+def _partial_results(op: str, elements: int, smallest: int, units: int = NUM_DEVICES) -> bool:
     """A collective that only combines per-device partial results or per-unit statistics, never
     parameter-sized data: an all-reduce smaller than the smallest sharded parameter, or an all-gather
-    of at most one value per device or per unit (√ of the smallest sharded parameter: a group lasso's
-    or a per-unit ball's column norms of a square kernel)."""
-    gatherable = max(NUM_DEVICES, int(math.isqrt(smallest)))
+    of at most one (scale, sum) pair per device or per unit (``units``: the longest side of a sharded
+    kernel, e.g. a group lasso's or a per-unit ball's column norms)."""
+    gatherable = max(2 * NUM_DEVICES, min(2 * units, smallest - 1))
     return (op == "all-reduce" and elements < smallest) or (op == "all-gather" and elements <= gatherable)
 
 
@@ -662,10 +661,12 @@ class Runner:
         return "; ".join(details) + f"; state bytes per device {per_device} of {total}"
 
     def no_gather(self) -> str:
-        smallest = min(leaf.size for leaf in jax.tree.leaves(self.data[0]) if AXIS in fsdp_spec(leaf.shape))
+        sharded = [leaf for leaf in jax.tree.leaves(self.data[0]) if AXIS in fsdp_spec(leaf.shape)]
+        smallest = min(leaf.size for leaf in sharded)
+        units = max(max(leaf.shape) for leaf in sharded)
         hlo = self.compiled.as_text()
         found = collectives(hlo)
-        bad = [f"{op} of {n} elements" for op, n in found if not _partial_results(op, n, smallest)]
+        bad = [f"{op} of {n} elements" for op, n in found if not _partial_results(op, n, smallest, units)]
         bad += [f"constant {c} (full size on every device)" for c in large_constants(hlo, smallest)]
         assert not bad, f"the sharded update moves or copies parameter-sized data: {bad}"
         (io, temp), (io_single, temp_single) = memory(self.compiled), memory(self.single[1])

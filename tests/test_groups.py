@@ -15,7 +15,10 @@ import optreg
 
 
 def test_four_weights_in_two_groups():
-    """Nowlan & Hinton (1992), hard groups: w1, w2 share μ1; w3, w4 share μ2; R = (w1−μ1)² + (w2−μ1)² + (w3−μ2)² + (w4−μ2)²."""
+    """Nowlan & Hinton (1992), hard groups: w1, w2 share μ1; w3, w4 share μ2.
+
+    R = (w1−μ1)² + (w2−μ1)² + (w3−μ2)² + (w4−μ2)².
+    """
     w = jnp.array([1.0, 3.0, -2.0, 4.0])
     groups = np.array([0, 0, 1, 1])
     lam = 0.1

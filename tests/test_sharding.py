@@ -49,7 +49,12 @@ CASES = checks.cases()
 #: (case, check) -> why it fails today. Marked xfail(strict=True): once fixed it
 #: XPASSes, the test fails, and the entry must be removed. (Empty: the soft-sharing
 #: and group-label gaps it once held are fixed.)
-KNOWN_ISSUES: dict[tuple[str, str], str] = {}
+KNOWN_ISSUES: dict[tuple[str, str], str] = {
+    ("add_spectral_decay", "tree_map_params"): (
+        "the power-iteration vectors (one per kernel, replicated) do not mirror the params, and init on "
+        "optax's placeholder params cannot know which leaves are kernels, so tree_map_params sees another "
+        "structure; shard the state with jax.tree.map over a real init instead"),
+}
 
 
 def _environment() -> dict[str, str]:
