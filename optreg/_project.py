@@ -13,6 +13,7 @@ equivalent to the penalised problem for a matching λ.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -107,7 +108,17 @@ def projection_lq_ball(tree: Any, radius: Any, q: float = 2.0, *, axis: Axis = N
         ]
     for index, leaf, result in zip(chosen, inputs, projected):
         leaves[index] = result.astype(leaf.dtype)
+        if q == math.inf and axis is None and leaf.dtype != result.dtype:
+            leaves[index] = _inside_after_rounding(leaves[index], clip_negative(jnp.asarray(radius)))
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _inside_after_rounding(z: jax.Array, radius: jax.Array) -> jax.Array:
+    """For q = ∞ in half precision: the radius rounded *down* to z's dtype bounds |z| (casting the
+    float32 projection can round up past a radius the half-precision grid cannot hold, e.g. 1e-6)."""
+    r = radius.astype(z.dtype)
+    r = jnp.where(r.astype(radius.dtype) > radius, jnp.nextafter(r, jnp.zeros_like(r)), r)
+    return jnp.clip(z, -r, r)
 
 
 def project_lq_ball(
