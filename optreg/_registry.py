@@ -82,7 +82,12 @@ def _lasso_step(learning_rate: Any) -> optax.GradientTransformation:
 
 def _box(tree: Any) -> Any:
     """optax's box projection onto [-1, 1] (the typical instance of ``project``)."""
-    return optax.projections.projection_box(tree, optax.tree.full_like(tree, -1.0), optax.tree.full_like(tree, 1.0))
+    import jax
+    import jax.numpy as jnp
+
+    low = jax.tree.map(lambda leaf: jnp.full_like(leaf, -1.0), tree)  # not optax.tree.full_like: optax >= 0.2.5
+    high = jax.tree.map(lambda leaf: jnp.full_like(leaf, 1.0), tree)
+    return optax.projections.projection_box(tree, low, high)
 
 
 TRANSFORMS: tuple[Entry, ...] = (
