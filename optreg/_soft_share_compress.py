@@ -5,7 +5,9 @@
 1. **Retraining with the mixture prior** (Ullrich et al. 2017): ``chain(soft_share_prior, adam)``
    on the *normalised* weights v = w / s (s: each leaf's root mean square), so that one
    mixture fits every layer whatever its scale, with τ warmed up, held, then raised
-   tenfold so that the weights settle on their components.
+   tenfold so that the weights settle on their components. Once an epoch the weights are
+   snapped and counted, and the zero component's proportion π_0 is lowered while the
+   storage rate exceeds ``max_rate`` (raised while it is below ``min_rate``).
 2. **Snapping**: merge the components, snap every weight to its most responsible mean
    (:func:`optreg.quantize`; the zero component gives exact zeros), and measure how far
    the weights moved (:class:`optreg.LayerDiagnostics`).
@@ -51,8 +53,15 @@ from optreg._tree import Mask
 #: The hyperpriors in normalised units (weights divided by their leaf's RMS): non-zero components
 #: held near σ = 0.25 (Gamma mode (α − 1)/β = 16), the zero component near σ_0 = 0.05 (mode 400).
 DEFAULT_PRIOR = MixturePrior(precision=(10000.0, 625.0), zero_precision=(5000.0, 12.5))
-#: The storage floor the fine-tune prunes to when the prior left the network denser.
-DEFAULT_MIN_RATE = 42.0
+#: The storage floor the fine-tune prunes to when the prior left the network denser (Han et al.
+#: report 40x for LeNet-300-100 and 39x for LeNet-5).
+DEFAULT_MIN_RATE = 40.0
+#: τ's schedule while retraining: warm-up fraction, hold until this fraction, then raised by this factor.
+WARMUP_FRACTION, HOLD_FRACTION, FINAL_RISE = 0.2, 0.5, 10.0
+#: The ceiling on the storage rate while retraining: beyond it π_0 is lowered (more compression costs accuracy).
+DEFAULT_MAX_RATE = 80.0
+RATE_CONTROL_ODDS, RATE_SETTLING = 1.15, 0.03
+RATE_CONTROL_MIN_INTERVAL, ZERO_MIXING_RANGE = 10, (0.9, 0.9995)
 
 
 class SoftShareCompressed(NamedTuple):
@@ -99,6 +108,7 @@ class _Settings(NamedTuple):
     kl_threshold: float
     far_sigmas: float
     min_rate: Optional[float]
+    max_rate: Optional[float]
 
 
 # ----------------------------------------------------------------------------- the float leaves, normalised
@@ -154,29 +164,59 @@ def _mean_loss(loss: Callable[[Any, Any], jax.Array], trainable: Any, held: list
     return float(np.mean([float(loss(trainable, batch)) for batch in held]))
 
 
-def _train(step: Callable[..., Any], carry: Any, batches: Batches, steps: int, phase: str,
-           callback: Optional[Callable[[str, int, int], None]]) -> Any:
-    for index in range(steps):
-        carry = step(carry, next(batches))
-        if callback is not None:
-            callback(phase, index, steps)
-    return carry
-
-
 def _strength(weight_decay: float, steps: int) -> optax.Schedule:
     """τ: linear warm-up over the first 20 % of the steps, held to 50 %, then raised tenfold by the end."""
-    warmup, hold = max(1, steps // 5), max(1, steps // 2)
+    warmup, hold = max(1, int(steps * WARMUP_FRACTION)), max(1, int(steps * HOLD_FRACTION))
     return optax.join_schedules(
         [optax.linear_schedule(0.0, weight_decay, warmup), optax.constant_schedule(weight_decay),
-         optax.exponential_decay(weight_decay, max(1, steps - hold), 10.0)],
+         optax.exponential_decay(weight_decay, max(1, steps - hold), FINAL_RISE)],
         [warmup, hold],
     )
 
 
+class _RateControl:
+    """Steers π_0 so that the snapped network's storage rate (Han et al.'s count) stays in [min_rate, max_rate].
+
+    The zero component's proportion π_0 sets how many weights the snap zeroes. Once τ is warmed
+    up, every epoch (at most every :data:`RATE_CONTROL_MIN_INTERVAL` steps) the retrained weights
+    are snapped and counted: above ``max_rate`` the odds π_0 / (1 − π_0) are divided by
+    :data:`RATE_CONTROL_ODDS` (unless the rate already fell by :data:`RATE_SETTLING` since the
+    last count: weights leave the zero component over several epochs); below ``min_rate`` they
+    are multiplied by it; π_0 stays within :data:`ZERO_MIXING_RANGE`. The rate still falls
+    somewhat afterwards, while the data term pulls weights out of the zero component.
+    """
+
+    def __init__(self, layout: _Layout, settings: _Settings, steps_per_epoch: int) -> None:
+        self.layout, self.settings = layout, settings
+        self.every = max(RATE_CONTROL_MIN_INTERVAL, min(steps_per_epoch, settings.steps // 50))
+        self.start = int(settings.steps * WARMUP_FRACTION)
+        self.zero_mixing = settings.zero_mixing
+        self.rates: list[float] = []
+
+    def update(self, index: int, values: list[jax.Array], state: MixtureState) -> None:
+        """Counts the snapped network on a control step and adjusts π_0."""
+        low, high = self.settings.min_rate, self.settings.max_rate
+        if (low is None and high is None) or index < self.start or (index + 1 - self.start) % self.every:
+            return
+        snapped = _snap(self.layout, values, state, self.settings)
+        host = self.layout.host_params([np.asarray(v) for v in snapped.params])
+        rate = float(compression_report(host, mask=self.layout.mask_tree()).compression_rate)
+        falling = bool(self.rates) and rate < self.rates[-1] * (1.0 - RATE_SETTLING)
+        self.rates.append(rate)
+        odds = self.zero_mixing / (1.0 - self.zero_mixing)
+        if high is not None and rate > high:
+            if not falling:
+                odds /= RATE_CONTROL_ODDS
+        elif low is not None and rate < low:
+            odds *= RATE_CONTROL_ODDS
+        self.zero_mixing = float(np.clip(odds / (1.0 + odds), *ZERO_MIXING_RANGE))
+
+
 def _retrain(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches,
              settings: _Settings, callback: Any) -> tuple[list[jax.Array], MixtureState]:
-    """Phase 1: ``chain(soft_share_prior, adam)`` on the normalised float leaves."""
-    prior = soft_share_prior(
+    """Phase 1: ``chain(soft_share_prior, adam)`` on the normalised float leaves, π_0 under rate control."""
+    static = ("num_components", "init_std", "refresh_every", "grid_size")
+    prior = optax.inject_hyperparams(soft_share_prior, static_args=static)(
         _strength(settings.weight_decay, settings.steps), settings.num_components, prior=settings.prior,
         zero_mixing=settings.zero_mixing, optimizer=optax.adam(settings.mixture_learning_rate), init_std=0.5,
         refresh_every=1, mask=list(layout.quantised),
@@ -184,15 +224,23 @@ def _retrain(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Ba
     tx = optax.chain(prior, optax.adam(settings.learning_rate))
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def step(carry: tuple[Any, Any], batch: Any) -> tuple[Any, Any]:
-        values, state = carry
+    def step(carry: tuple[Any, Any], batch: Any, zero_mixing: jax.Array) -> tuple[Any, Any]:
+        values, (prior_state, adam_state) = carry
+        hyperparams = {**prior_state.hyperparams, "zero_mixing": zero_mixing}
+        state = (prior_state._replace(hyperparams=hyperparams), adam_state)
         grads = jax.grad(loss)(values, batch)
         updates, state = tx.update(grads, state, values)
         return optax.apply_updates(values, updates), state
 
+    control = _RateControl(layout, settings, batches.steps_per_epoch)
     values = layout.normalised()
-    values, state = _train(step, (values, tx.init(values)), batches, settings.steps, "retrain", callback)
-    return values, state[0]
+    carry = (values, tx.init(values))
+    for index in range(settings.steps):
+        carry = step(carry, next(batches), jnp.float32(control.zero_mixing))
+        control.update(index, carry[0], carry[1][0].inner_state)
+        if callback is not None:
+            callback("retrain", index, settings.steps)
+    return carry[0], carry[1][0].inner_state
 
 
 def _nearest(v: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -266,14 +314,15 @@ def _prune(carry: Any, keep: list[Optional[jax.Array]], base: int, rate: Callabl
 
 
 #: A leaf keeps at most one codebook value per this many non-zero weights (a value costs 32 bits).
-WEIGHTS_PER_CODEBOOK_VALUE = 16
+WEIGHTS_PER_CODEBOOK_VALUE = 4
 
 
 def _leaf_codebook(snapped: np.ndarray) -> Optional[jax.Array]:
     """The non-zero values one leaf was snapped to, fewer for a small leaf; None when all are zero.
 
-    A leaf with n non-zero weights keeps at most max(1, n // 16) values (a codebook value costs 32
-    bits, two bits per weight at most): the closest pair by Ward's criterion c_a·c_b/(c_a + c_b)·(u_a − u_b)²
+    A leaf with n non-zero weights keeps at most max(1, n // 4) values (a codebook value costs 32
+    bits, eight bits per weight at most; fewer values cost small layers, such as a first
+    convolution, their accuracy): the closest pair by Ward's criterion c_a·c_b/(c_a + c_b)·(u_a − u_b)²
     (c: how many weights use the value) is merged into its count-weighted mean until few enough remain.
     """
     unique, usage = np.unique(snapped[snapped != 0], return_counts=True)
@@ -334,6 +383,25 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
     return trainable[0], fill(trainable[1]), keep
 
 
+def _meet_floor(layout: _Layout, final: list[jax.Array], settings: _Settings) -> list[jax.Array]:
+    """The stored leaves with the fewest smallest weights zeroed for the count to meet ``min_rate``.
+
+    The fine-tune prunes on the snapped values' count; a leaf whose kept weights then spread over
+    more of its codebook needs more index bits than that count assumed, so the stored network
+    can fall just short of the floor. This tops it up (no training: a few weights at most).
+    """
+    if settings.min_rate is None:
+        return final
+    rate = _rate_of_pattern(layout, final)
+    keep = [(q != 0) if quantised else None for q, quantised in zip(final, layout.quantised)]
+    magnitudes = _magnitudes(final, keep)
+    extra = _budget.extra_zeros_for_rate(magnitudes, rate, settings.min_rate)
+    if not extra:
+        return final
+    masks = _budget.prune_smallest(magnitudes, extra)
+    return [q if m is None else jnp.where(jnp.asarray(m), q, 0.0) for q, m in zip(final, masks)]
+
+
 # ----------------------------------------------------------------------------- snapping and what is reported
 
 
@@ -380,11 +448,12 @@ def _positive(value: Any, name: str, *, integer: bool = False, fraction: bool = 
 
 
 def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
-    """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 of fine-tuning."""
+    """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 (at least 3000 steps) of
+    fine-tuning."""
     n = _positive(num_examples, "num_examples", integer=True)
     epochs = batches.steps_per_epoch
     defaults = {
-        "steps": max(1000, 60 * epochs), "finetune_steps": max(1000, 80 * epochs), "weight_decay": 0.01 / n,
+        "steps": max(1000, 60 * epochs), "finetune_steps": max(3000, 80 * epochs), "weight_decay": 0.01 / n,
         "num_components": 8, "zero_mixing": 0.997, "learning_rate": 1e-2, "finetune_learning_rate": 1e-2,
         "codebook_learning_rate": 1e-3, "mixture_learning_rate": 1e-2,
     }
@@ -402,8 +471,14 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not float(kl_threshold) >= 0:
         raise ValueError(f"soft_share_compress: kl_threshold must be a number >= 0, got {kl_threshold!r}.")
     min_rate = None if options["min_rate"] is None else _positive(options["min_rate"], "min_rate")
+    max_rate = None if options["max_rate"] is None else _positive(options["max_rate"], "max_rate")
+    if options["max_rate"] is DEFAULT_MAX_RATE and min_rate is not None:
+        max_rate = max(DEFAULT_MAX_RATE, min_rate)
+    if min_rate is not None and max_rate is not None and max_rate < min_rate:
+        raise ValueError(f"soft_share_compress: max_rate must be >= min_rate, got max_rate={max_rate!r} and "
+                         f"min_rate={min_rate!r}.")
     return _Settings(prior=options["prior"], kl_threshold=float(kl_threshold), far_sigmas=far_sigmas,
-                     min_rate=min_rate, **values)
+                     min_rate=min_rate, max_rate=max_rate, **values)
 
 
 def soft_share_compress(
@@ -426,12 +501,15 @@ def soft_share_compress(
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     far_sigmas: float = DEFAULT_FAR_SIGMAS,
     min_rate: Optional[float] = DEFAULT_MIN_RATE,
+    max_rate: Optional[float] = DEFAULT_MAX_RATE,
     callback: Optional[Callable[[str, int, int], None]] = None,
 ) -> SoftShareCompressed:
     """Compresses a trained network with soft weight sharing: retrain, snap, fine-tune, count.
 
     Runs Ullrich et al.'s retraining under a learned mixture prior (on each leaf's weights
-    divided by their root mean square, so that one mixture fits every layer), merges and
+    divided by their root mean square, so that one mixture fits every layer; the zero
+    component's proportion π_0 steered so that the snapped network's storage rate stays
+    between ``min_rate`` and ``max_rate``), merges and
     snaps the weights (the zero component gives exact zeros), fine-tunes the quantised
     network with its zeros fixed and one small codebook per leaf (Han et al.'s trained
     quantisation), and counts the storage as Han et al. The defaults need no tuning; every
@@ -449,22 +527,27 @@ def soft_share_compress(
         included); the others are fine-tuned as floats and stored at 32 bits.
       num_components: K of the mixture, the zero component included (default 8: with the
         filler zero, 3-bit codebook indices).
-      zero_mixing: π_0, the zero component's fixed proportion; it sets the sparsity (default 0.997).
+      zero_mixing: π_0, the zero component's proportion at the start; it sets the sparsity
+        and is steered by the rate control once τ is warmed up (default 0.997).
       weight_decay: τ of the prior on the normalised weights (default 0.01 / num_examples),
         warmed up over 20 % of the steps, held, and raised tenfold over the second half.
       prior: the hyperpriors in normalised units (default: σ ≈ 0.25 for the non-zero
         components, σ_0 ≈ 0.05 for the zero component).
       steps: retraining steps (default max(1000, 60 epochs)).
-      finetune_steps: fine-tuning steps after snapping (default max(1000, 80 epochs)).
+      finetune_steps: fine-tuning steps after snapping (default max(3000, 80 epochs)).
       learning_rate: Adam's step on the normalised weights while retraining (default 1e-2).
       finetune_learning_rate: Adam's step on the normalised weights while fine-tuning (default 1e-2).
       codebook_learning_rate: Adam's step on the codebooks while fine-tuning (default 1e-3).
       mixture_learning_rate: Adam's step on the mixture while retraining (default 1e-2).
       kl_threshold: merging threshold of :func:`optreg.quantize`.
       far_sigmas: k of the diagnostics (weights farther than k·σ from their component).
-      min_rate: a floor on the compression rate (Han et al.'s count): when the snapped network
-        stores below it, the fine-tune prunes the smallest weights gradually until it does
-        (default 42; None: only what the prior decided).
+      min_rate: a floor on the compression rate (Han et al.'s count): while retraining, π_0 is
+        raised when the snapped network stores below it; if it still does after snapping, the
+        fine-tune prunes the least salient weights gradually until it does (default 40; None:
+        only what the prior decided).
+      max_rate: a ceiling on the rate while retraining: above it π_0 is lowered, so that a large
+        network the prior would compress further keeps more weights (compressing further costs
+        accuracy). Default 80 (raised to ``min_rate`` if that is higher); None: no ceiling.
       callback: ``callback(phase, step, total)`` after every step (``phase`` is "retrain" or
         "finetune"), e.g. for a progress bar.
 
@@ -494,7 +577,7 @@ def soft_share_compress(
         "steps": steps, "finetune_steps": finetune_steps, "learning_rate": learning_rate,
         "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
-        "far_sigmas": far_sigmas, "min_rate": min_rate})
+        "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate})
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
     values, state = _retrain(layout, loss, stream, settings, callback)
@@ -503,7 +586,7 @@ def soft_share_compress(
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
     values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback)
-    final = _rounded(values, codebooks, keep, False)
+    final = _meet_floor(layout, _rounded(values, codebooks, keep, False), settings)
     losses["final"] = _mean_loss(loss, final, stream.held)
     stored = layout.params(final)
     mask_tree = layout.mask_tree()

@@ -112,6 +112,25 @@ def test_the_storage_floor_is_met_exactly():
     assert optreg.compression_report(out.params).compression_rate == out.report.compression_rate
 
 
+def test_the_rate_control_lowers_the_zero_proportion_when_the_prior_compresses_beyond_max_rate(compressed, trained):
+    """The unsteered run (min_rate=None, the default ceiling far above) keeps π_0 = 0.997 and stores at
+    ~3x; asking for at most 1.5x must lower π_0 and give a denser network."""
+    free, _ = compressed
+    steered = optreg.soft_share_compress(loss_fn, trained, batches(2), num_examples=len(X), steps=300,
+                                         finetune_steps=300, min_rate=None, max_rate=1.5)
+    zero_proportion = lambda out: float(np.exp(np.asarray(out.state.mixing_logits)[0]))  # noqa: E731
+    assert zero_proportion(free) == pytest.approx(0.997, rel=1e-5)
+    assert zero_proportion(steered) < 0.99
+    assert steered.report.nonzero_fraction > free.report.nonzero_fraction
+    assert steered.report.compression_rate < free.report.compression_rate
+
+
+def test_a_floor_above_the_default_ceiling_raises_the_ceiling():
+    out = optreg.soft_share_compress(loss_fn, init(3), batches(4), num_examples=len(X), steps=30, finetune_steps=30,
+                                     min_rate=90.0)
+    assert out.report.compression_rate >= 90.0
+
+
 def test_leaves_outside_the_mask_stay_float_and_count_32_bits():
     params = init(5)
     mask = {"hidden": {"kernel": True, "bias": False}, "out": {"kernel": True, "bias": False}, "step": False}
@@ -137,6 +156,8 @@ def test_a_finite_one_shot_iterator_is_replayed_and_a_list_restarted():
     ({"num_examples": 512, "steps": -3}, "steps"),
     ({"num_examples": 512, "num_components": 1}, "num_components"),
     ({"num_examples": 512, "min_rate": -1.0}, "min_rate"),
+    ({"num_examples": 512, "max_rate": 0.0}, "max_rate"),
+    ({"num_examples": 512, "min_rate": 50.0, "max_rate": 45.0}, "max_rate must be >= min_rate"),
     ({"num_examples": 512, "mask": {"hidden": False, "out": False, "step": False}}, "no floating leaf"),
 ])
 def test_bad_arguments_name_themselves(kwargs, message):
