@@ -75,8 +75,7 @@ def per_leaf(
         values = [strength] * len(flat)
     else:
         try:
-            spread = jax.tree.map(lambda value, sub: jax.tree.map(lambda _: value, sub), strength, x)
-            values = treedef.flatten_up_to(spread)
+            values = _tree.broadcast_prefix(strength, x)
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"{name} must be one number or array for every leaf, or a pytree with x's structure (or a "

@@ -71,6 +71,19 @@ def is_function(value: Any) -> TypeGuard[Callable[..., Any]]:
     return callable(value) and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
 
 
+def broadcast_prefix(prefix: Any, tree: Any) -> list[Any]:
+    """One value per leaf of ``tree``: ``prefix`` (a pytree with ``tree``'s structure, or a prefix
+    of it) spread over the subtrees its leaves stand for.
+
+    Raises:
+      ValueError or TypeError: ``prefix`` is not a prefix of ``tree``'s structure (callers name
+      their argument in the message).
+    """
+    treedef: Any = jax.tree_util.tree_structure(tree)  # jax's PyTreeDef is untyped for mypy
+    spread = jax.tree.map(lambda value, sub: jax.tree.map(lambda _: value, sub), prefix, tree)
+    return treedef.flatten_up_to(spread)
+
+
 def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
     """One bool per leaf of ``params``: where the transform applies.
 
@@ -85,8 +98,7 @@ def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
         return [True] * treedef.num_leaves
     tree = mask(params) if is_function(mask) else mask
     try:
-        broadcast = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params)
-        flags = treedef.flatten_up_to(broadcast)
+        flags = broadcast_prefix(tree, params)
     except (ValueError, TypeError) as error:
         raise ValueError(
             f"{name} does not match the parameters' structure: it must be a pytree of bools with the "
