@@ -134,7 +134,7 @@ def soft_share_cases(
 
 # ----------------------------------------------------------------------------- end to end: a jitted Flax train step
 
-#: The issue's targets for chain(soft_share_prior(τ, 17), adam) over adam, end to end.
+#: The targets for chain(soft_share_prior(τ, 17), adam) over adam, end to end.
 END_TO_END_TARGETS = {"LeNet-300-100": 1.5, "LeNet-5": 1.05}
 BATCH = 128
 

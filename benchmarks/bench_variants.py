@@ -25,7 +25,7 @@ import optax
 from bench_cases import LEARNING_RATE, WEIGHT_DECAY, optreg_api
 from bench_harness import Case, Step
 
-#: The issue's target for cautious, anchored and independent decay + Adam vs optax's decay + Adam.
+#: The target for cautious, anchored and independent decay + Adam vs optax's decay + Adam.
 TARGET = 1.10
 TARGET_SOURCE = "required: <= 1.10x optax add_decayed_weights + Adam"
 

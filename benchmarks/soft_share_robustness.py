@@ -3,7 +3,7 @@
 For every architecture and split: train a baseline with Adam (learning rate 1e-3, batch 64),
 compress it with ``soft_share_compress(loss_fn, params, batches, num_examples=N)`` and nothing
 else, and report test accuracy before and after and the compression rate (Han et al.'s count).
-Targets (from the issue): >= 40x at <= 2.0 points lost, and >= 64x at <= 1.5 points for the
+Targets: >= 40x at <= 2.0 points lost, and >= 64x at <= 1.5 points for the
 digits demo's 64-300-100-10.
 
     python benchmarks/soft_share_robustness.py                       # every case, one process

@@ -341,6 +341,13 @@ def _leaf_codebook(snapped: np.ndarray) -> Optional[jax.Array]:
     return jnp.asarray(values, jnp.float32)
 
 
+def _finetune_schedule(rate: float, steps: int) -> optax.Schedule:
+    """Constant while pruning (the first half), then a cosine decay to 0 so that the stored network settles."""
+    span = max(1, int(_budget.PRUNING_FRACTION * steps))
+    decay = optax.cosine_decay_schedule(rate, max(1, steps - span))
+    return optax.join_schedules([optax.constant_schedule(rate), decay], [span])
+
+
 def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches, values: list[jax.Array],
               snapped: list[jax.Array], settings: _Settings,
               callback: Any) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
@@ -355,8 +362,10 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
                  for q, quantised in zip(snapped, layout.quantised)]
     trainable = (values, [c for c in codebooks if c is not None])
     labels = (["weights"] * len(values), ["codebooks"] * len(trainable[1]))
-    tx = optax.multi_transform({"weights": optax.adam(settings.finetune_learning_rate),
-                                "codebooks": optax.adam(settings.codebook_learning_rate)}, labels)
+    steps = settings.finetune_steps
+    tx = optax.multi_transform({"weights": optax.adam(_finetune_schedule(settings.finetune_learning_rate, steps)),
+                                "codebooks": optax.adam(_finetune_schedule(settings.codebook_learning_rate, steps))},
+                               labels)
 
     def fill(found: list[jax.Array]) -> list[Optional[jax.Array]]:
         it = iter(found)
@@ -369,7 +378,7 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
         updates, state = tx.update(grads, state, t)
         return optax.apply_updates(t, updates), state
 
-    rate = _rate_of_pattern(layout, snapped)
+    rate = _rate_of_pattern(layout, _rounded(snapped, codebooks, keep, False))
     prune = settings.min_rate is not None and rate(_magnitudes(values, keep)) < settings.min_rate
     base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
     carry = (trainable, tx.init(trainable))
@@ -454,7 +463,7 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     epochs = batches.steps_per_epoch
     defaults = {
         "steps": max(1000, 60 * epochs), "finetune_steps": max(3000, 80 * epochs), "weight_decay": 0.01 / n,
-        "num_components": 8, "zero_mixing": 0.997, "learning_rate": 1e-2, "finetune_learning_rate": 1e-2,
+        "num_components": 8, "zero_mixing": 0.997, "learning_rate": 1e-2, "finetune_learning_rate": 3e-2,
         "codebook_learning_rate": 1e-3, "mixture_learning_rate": 1e-2,
     }
     values = {name: defaults[name] if options.get(name) is None else options[name] for name in defaults}
@@ -536,7 +545,8 @@ def soft_share_compress(
       steps: retraining steps (default max(1000, 60 epochs)).
       finetune_steps: fine-tuning steps after snapping (default max(3000, 80 epochs)).
       learning_rate: Adam's step on the normalised weights while retraining (default 1e-2).
-      finetune_learning_rate: Adam's step on the normalised weights while fine-tuning (default 1e-2).
+      finetune_learning_rate: Adam's step on the normalised weights while fine-tuning (default 3e-2),
+        held while the fine-tune prunes (its first half), then decayed to 0 on a cosine.
       codebook_learning_rate: Adam's step on the codebooks while fine-tuning (default 1e-3).
       mixture_learning_rate: Adam's step on the mixture while retraining (default 1e-2).
       kl_threshold: merging threshold of :func:`optreg.quantize`.

@@ -57,7 +57,7 @@ def test_quick_run_writes_results_json(quick_run):
     assert by_name["baseline"]["status"] == "ok" and by_name["baseline"]["nonzero_fraction"] > 0.99
     for name in ("soft_share", "soft_share_cnn"):  # quantised to a few shared values, mostly zeros
         if by_name[name]["status"] == "ok":
-            assert by_name[name]["compression_rate"] >= 42.0  # soft_share_compress's storage floor
+            assert by_name[name]["compression_rate"] >= 40.0  # soft_share_compress's storage floor (Han et al.: 40x)
 
 
 def test_quick_run_writes_figures(quick_run):

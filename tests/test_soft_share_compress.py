@@ -168,3 +168,15 @@ def test_bad_arguments_name_themselves(kwargs, message):
 def test_an_empty_iterable_is_an_error():
     with pytest.raises(ValueError, match="no batch"):
         optreg.soft_share_compress(loss_fn, init(), [], num_examples=10)
+
+
+def test_the_finetune_step_is_held_while_pruning_then_decays_to_zero_on_a_cosine():
+    from optreg._soft_share_compress import _finetune_schedule
+
+    schedule, steps = _finetune_schedule(0.03, 3000), 3000  # pruning ends at step 1500
+    for step in (0, 700, 1499):
+        np.testing.assert_allclose(schedule(step), 0.03, rtol=1e-6)
+    for step in (1500, 1875, 2250, 2999, 3000):  # 0.015·(1 + cos(π·t / 1500)), t = step − 1500
+        expected = 0.015 * (1.0 + np.cos(np.pi * (step - 1500) / 1500))
+        np.testing.assert_allclose(schedule(step), expected, rtol=1e-5, atol=1e-9)
+    assert float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
