@@ -457,12 +457,12 @@ def _positive(value: Any, name: str, *, integer: bool = False, fraction: bool = 
 
 
 def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
-    """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 (at least 3000 steps) of
+    """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 (at least 6000 steps) of
     fine-tuning."""
     n = _positive(num_examples, "num_examples", integer=True)
     epochs = batches.steps_per_epoch
     defaults = {
-        "steps": max(1000, 60 * epochs), "finetune_steps": max(3000, 80 * epochs), "weight_decay": 0.01 / n,
+        "steps": max(1000, 60 * epochs), "finetune_steps": max(6000, 80 * epochs), "weight_decay": 0.01 / n,
         "num_components": 8, "zero_mixing": 0.997, "learning_rate": 1e-2, "finetune_learning_rate": 3e-2,
         "codebook_learning_rate": 1e-3, "mixture_learning_rate": 1e-2,
     }
@@ -543,7 +543,7 @@ def soft_share_compress(
       prior: the hyperpriors in normalised units (default: σ ≈ 0.25 for the non-zero
         components, σ_0 ≈ 0.05 for the zero component).
       steps: retraining steps (default max(1000, 60 epochs)).
-      finetune_steps: fine-tuning steps after snapping (default max(3000, 80 epochs)).
+      finetune_steps: fine-tuning steps after snapping (default max(6000, 80 epochs)).
       learning_rate: Adam's step on the normalised weights while retraining (default 1e-2).
       finetune_learning_rate: Adam's step on the normalised weights while fine-tuning (default 3e-2),
         held while the fine-tune prunes (its first half), then decayed to 0 on a cosine.
