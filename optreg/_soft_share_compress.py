@@ -395,9 +395,10 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
 def _meet_floor(layout: _Layout, final: list[jax.Array], settings: _Settings) -> list[jax.Array]:
     """The stored leaves with the fewest smallest weights zeroed for the count to meet ``min_rate``.
 
-    The fine-tune prunes on the snapped values' count; a leaf whose kept weights then spread over
-    more of its codebook needs more index bits than that count assumed, so the stored network
-    can fall just short of the floor. This tops it up (no training: a few weights at most).
+    The fine-tune prunes on the count of the snapped values rounded to the codebooks; a leaf whose
+    kept weights then spread over more of its codebook needs more index bits than that count
+    assumed, so the stored network can fall just short of the floor. This tops it up (no
+    training: a few weights at most).
     """
     if settings.min_rate is None:
         return final
