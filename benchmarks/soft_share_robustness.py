@@ -10,6 +10,7 @@ digits demo's 64-300-100-10.
     python benchmarks/soft_share_robustness.py --jobs 16             # in parallel (one core each)
     python benchmarks/soft_share_robustness.py --archs mlp-128-128,cnn-16-32 --splits 0:0.25,1:0.3
     python benchmarks/soft_share_robustness.py --set zero_mixing=0.995   # an override, for comparisons
+    python benchmarks/soft_share_robustness.py --batch-size 128          # another batch size (baseline and compression)
 
 Data: scikit-learn's 8x8 digits (1797 images), stratified splits ``seed:test_fraction``.
 """
@@ -39,6 +40,12 @@ ARCHITECTURES: dict[str, tuple[str, tuple]] = {
     "cnn-8-16": ("cnn", ((8, 16), 0, True)),
     "lenet5": ("cnn", ((6, 16), 120, True)),
     "cnn-32-nopool": ("cnn", ((32,), 0, False)),
+    # never run while the defaults were chosen: the range between ~3 000 and ~10 000 weights
+    "mlp-48-48": ("mlp", (48, 48)),
+    "mlp-96": ("mlp", (96,)),
+    "mlp-64-64-64": ("mlp", (64, 64, 64)),
+    "cnn-12-24": ("cnn", ((12, 24), 0, True)),
+    "cnn-8-16-32": ("cnn", ((8, 16), 32, True)),
 }
 SPLITS = ((0, 0.25), (1, 0.3), (2, 0.2), (3, 0.35))
 BASELINE_EPOCHS = 100
@@ -88,7 +95,7 @@ def minibatches(x: Any, y: Any, batch_size: int, seed: int) -> Iterator[tuple[An
             yield x[index], y[index]
 
 
-def run_case(arch: str, seed: int, test_fraction: float, overrides: dict) -> dict:
+def run_case(arch: str, seed: int, test_fraction: float, overrides: dict, batch_size: int = BATCH_SIZE) -> dict:
     """Baseline with Adam, then soft_share_compress with defaults (plus ``overrides``); one row."""
     import jax
     import jax.numpy as jnp
@@ -110,8 +117,8 @@ def run_case(arch: str, seed: int, test_fraction: float, overrides: dict) -> dic
     step = jax.jit(lambda p, s, b: (lambda g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))(
         jax.grad(loss_fn)(p, b), s))
     state = tx.init(params)
-    stream = minibatches(data.x_train, data.y_train, BATCH_SIZE, seed)
-    for _ in range(BASELINE_EPOCHS * (len(data.x_train) // BATCH_SIZE)):
+    stream = minibatches(data.x_train, data.y_train, batch_size, seed)
+    for _ in range(BASELINE_EPOCHS * (len(data.x_train) // batch_size)):
         params, state = step(params, state, next(stream))
     predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1))
 
@@ -119,7 +126,7 @@ def run_case(arch: str, seed: int, test_fraction: float, overrides: dict) -> dic
         return float(np.mean(np.asarray(predict(p, data.x_test)) == data.y_test))
 
     start = time.perf_counter()
-    out = optreg.soft_share_compress(loss_fn, params, minibatches(data.x_train, data.y_train, BATCH_SIZE, seed + 100),
+    out = optreg.soft_share_compress(loss_fn, params, minibatches(data.x_train, data.y_train, batch_size, seed + 100),
                                      num_examples=len(data.x_train), **overrides)
     seconds = time.perf_counter() - start
     before, after = accuracy(params), accuracy(out.params)
@@ -128,7 +135,7 @@ def run_case(arch: str, seed: int, test_fraction: float, overrides: dict) -> dic
         "arch": arch, "split": f"{seed}:{test_fraction}", "params": n_params, "baseline": before, "compressed": after,
         "drop": 100 * (before - after), "rate": out.report.compression_rate, "nonzero": out.report.nonzero_fraction,
         "retrained": accuracy(out.retrained), "seconds": seconds, "losses": out.losses,
-        "far": max((d.far_fraction for d in out.diagnostics), default=0.0),
+        "far": max((d.far_fraction for d in out.diagnostics), default=0.0), "batch_size": batch_size,
     }
 
 
@@ -152,7 +159,7 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _worker(job: tuple[str, int, float, dict]) -> dict:
+def _worker(job: tuple[str, int, float, dict, int]) -> dict:
     return run_case(*job)
 
 
@@ -170,6 +177,8 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a soft_share_compress option (JSON value)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"minibatch size of the baseline's training and of the compression (default {BATCH_SIZE})")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON lines here")
     args = parser.parse_args(list(argv))
     overrides = {}
@@ -177,7 +186,8 @@ def main(argv: Sequence[str] = ()) -> int:
         name, _, value = item.partition("=")
         overrides[name] = parse_value(value)
     splits = [(int(s), float(f)) for s, f in (item.split(":") for item in args.splits.split(","))]
-    jobs = [(arch, seed, fraction, overrides) for seed, fraction in splits for arch in args.archs.split(",")]
+    jobs = [(arch, seed, fraction, overrides, args.batch_size)
+            for seed, fraction in splits for arch in args.archs.split(",")]
     rows = []
     if args.jobs > 1:
         import multiprocessing
@@ -193,7 +203,7 @@ def main(argv: Sequence[str] = ()) -> int:
     rows.sort(key=lambda r: (list(ARCHITECTURES).index(r["arch"]), r["split"]))
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"\noverrides: {overrides or 'none (defaults)'}\n")
+    print(f"\noverrides: {overrides or 'none (defaults)'}; batch size {args.batch_size}\n")
     print(table(rows))
     return 0
 

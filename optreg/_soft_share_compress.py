@@ -289,13 +289,13 @@ def _saliencies(carry: Any, keep: list[Optional[Any]]) -> list[Optional[np.ndarr
             for v, n, k in zip(values, second_moment, keep)]
 
 
-def _rate_of_pattern(layout: _Layout, snapped: list[jax.Array]) -> Callable[[list[Optional[np.ndarray]]], float]:
-    """pattern (per leaf: non-zero where kept) -> the compression rate of the snapped values on it."""
-    host_snapped = [np.asarray(q, np.float32) for q in snapped]
+def _rate_of_pattern(layout: _Layout, stored: list[jax.Array]) -> Callable[[list[Optional[np.ndarray]]], float]:
+    """pattern (per leaf: non-zero where kept) -> the compression rate of the ``stored`` values on it."""
+    host_stored = [np.asarray(q, np.float32) for q in stored]
     mask_tree = layout.mask_tree()
 
     def rate(pattern: list[Optional[np.ndarray]]) -> float:
-        leaves = [q if p is None else np.where(p != 0, q, 0.0) for q, p in zip(host_snapped, pattern)]
+        leaves = [q if p is None else np.where(p != 0, q, 0.0) for q, p in zip(host_stored, pattern)]
         return float(compression_report(layout.host_params(leaves), mask=mask_tree).compression_rate)
 
     return rate
@@ -353,8 +353,10 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
               callback: Any) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
     """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding.
 
-    When the snapped network stores below ``min_rate``, the smallest weights are zeroed on the
-    cubic schedule of :mod:`optreg._soft_share_budget` during the first half.
+    When the snapped network stores below ``min_rate``, the least salient weights are zeroed on the
+    cubic schedule of :mod:`optreg._soft_share_budget` during the first half, each time as many as
+    the network as it would be stored then (the current weights rounded to the current codebooks)
+    needs to meet the floor: the snapped values' codebooks hold values the fine-tune stops using.
     """
     keep: list[Optional[jax.Array]] = [(q != 0) if quantised else None
                                        for q, quantised in zip(snapped, layout.quantised)]
@@ -378,14 +380,18 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
         updates, state = tx.update(grads, state, t)
         return optax.apply_updates(t, updates), state
 
-    rate = _rate_of_pattern(layout, _rounded(snapped, codebooks, keep, False))
-    prune = settings.min_rate is not None and rate(_magnitudes(values, keep)) < settings.min_rate
+    def stored_rate(t: Any, keep: list[Optional[jax.Array]]) -> Callable[..., float]:
+        """The count of the network as it would be stored now, as a function of the pattern to keep."""
+        return _rate_of_pattern(layout, _rounded(t[0], fill(t[1]), keep, False))
+
+    prune = settings.min_rate is not None and stored_rate(trainable, keep)(_magnitudes(values, keep)) \
+        < settings.min_rate
     base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
     carry = (trainable, tx.init(trainable))
     for index in range(settings.finetune_steps):
         carry = step(carry, next(batches), keep)
         if prune and _budget.is_pruning_step(index, settings.finetune_steps):
-            keep = _prune(carry, keep, base, rate, index, settings)
+            keep = _prune(carry, keep, base, stored_rate(carry[0], keep), index, settings)
         if callback is not None:
             callback("finetune", index, settings.finetune_steps)
     trainable = carry[0]
@@ -395,9 +401,9 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
 def _meet_floor(layout: _Layout, final: list[jax.Array], settings: _Settings) -> list[jax.Array]:
     """The stored leaves with the fewest smallest weights zeroed for the count to meet ``min_rate``.
 
-    The fine-tune prunes on the count of the snapped values rounded to the codebooks; a leaf whose
-    kept weights then spread over more of its codebook needs more index bits than that count
-    assumed, so the stored network can fall just short of the floor. This tops it up (no
+    The fine-tune prunes on the count of the network as it was at its last pruning step; a leaf
+    whose kept weights then spread over more of its codebook needs more index bits than that
+    count saw, so the stored network can fall just short of the floor. This tops it up (no
     training: a few weights at most).
     """
     if settings.min_rate is None:
