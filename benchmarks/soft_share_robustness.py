@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's optreg, also in worker processes
 
@@ -163,6 +163,23 @@ def _worker(job: tuple[str, int, float, dict, int]) -> dict:
     return run_case(*job)
 
 
+def run_jobs(worker: Callable[[Any], dict], jobs: Sequence[Any], processes: int) -> list[dict]:
+    """``worker(job)`` for every job, in ``processes`` spawned processes when more than one; prints each row as JSON."""
+    rows = []
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for row in pool.imap_unordered(worker, jobs):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    else:
+        for job in jobs:
+            rows.append(worker(job))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -188,18 +205,7 @@ def main(argv: Sequence[str] = ()) -> int:
     splits = [(int(s), float(f)) for s, f in (item.split(":") for item in args.splits.split(","))]
     jobs = [(arch, seed, fraction, overrides, args.batch_size)
             for seed, fraction in splits for arch in args.archs.split(",")]
-    rows = []
-    if args.jobs > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            for row in pool.imap_unordered(_worker, jobs):
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    else:
-        for job in jobs:
-            rows.append(run_case(*job))
-            print(json.dumps(rows[-1]), flush=True)
+    rows = run_jobs(_worker, jobs, args.jobs)
     rows.sort(key=lambda r: (list(ARCHITECTURES).index(r["arch"]), r["split"]))
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -26,11 +26,14 @@ References:
   Bengio, Léonard & Courville, "Estimating or propagating gradients through stochastic neurons for
   conditional computation", arXiv:1308.3432, 2013 (the straight-through estimator).
   Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
+  Prechelt, "Early stopping - but when?", in Neural Networks: Tricks of the Trade, Springer 1998
+  (the fine-tune's checkpoint chosen on validation batches).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import numbers
 import warnings
@@ -46,7 +49,7 @@ from optreg import _tree
 from optreg._compression import DEFAULT_FAR_SIGMAS, DEFAULT_KL_THRESHOLD, LayerDiagnostics, SnapWarning, quantize
 from optreg._mixture import MixturePrior, MixtureState
 from optreg._soft_share import soft_share_prior
-from optreg._soft_share_batches import Batches
+from optreg._soft_share_batches import MAX_CACHED_BATCHES, Batches
 from optreg._storage import CompressionReport, compression_report
 from optreg._tree import Mask
 
@@ -79,7 +82,8 @@ class SoftShareCompressed(NamedTuple):
       scales: the per-leaf normalisation s (a pytree of floats; 1.0 for leaves left alone).
       retrained: the float network after retraining, before snapping.
       losses: mean data loss on the first batches: ``"start"`` (the input), ``"retrained"``,
-        ``"snapped"`` (before the fine-tune) and ``"final"`` (the stored network).
+        ``"snapped"`` (before the fine-tune) and ``"final"`` (the stored network); and
+        ``"validation"``, the stored network's on the validation batches when they were given.
     """
 
     params: Any
@@ -341,6 +345,35 @@ def _leaf_codebook(snapped: np.ndarray) -> Optional[jax.Array]:
     return jnp.asarray(values, jnp.float32)
 
 
+#: With validation batches, the fine-tune's stored network is compared on them this many times after its pruning.
+VALIDATION_CHECKS = 20
+
+
+class _BestOnValidation:
+    """The fine-tune's checkpoint whose stored network has the lowest mean loss on held-out batches.
+
+    Candidates are taken once the pruning is over (every 1/:data:`VALIDATION_CHECKS` of the rest,
+    and the last step), so that each meets the storage floor: early stopping (Prechelt 1998) over
+    the second half of the fine-tune.
+    """
+
+    def __init__(self, loss: Callable[[Any, Any], jax.Array], batches: list[Any], steps: int) -> None:
+        self.loss, self.batches, self.steps = loss, batches, steps
+        self.start = max(1, int(_budget.PRUNING_FRACTION * steps)) - 1
+        self.every = max(1, (steps - self.start) // VALIDATION_CHECKS)
+        self.best: Optional[tuple[float, Any, list[Optional[jax.Array]]]] = None
+
+    def offer(self, index: int, trainable: Any, keep: list[Optional[jax.Array]],
+              stored: Callable[[Any, list[Optional[jax.Array]]], list[jax.Array]]) -> None:
+        """On a checkpoint step, evaluates ``stored(trainable, keep)``; keeps a copy of the best."""
+        due = index >= self.start and ((index - self.start) % self.every == 0 or index == self.steps - 1)
+        if not due:
+            return
+        value = _mean_loss(self.loss, stored(trainable, keep), self.batches)
+        if self.best is None or value <= self.best[0]:
+            self.best = (value, jax.tree.map(jnp.copy, trainable), list(keep))
+
+
 def _finetune_schedule(rate: float, steps: int) -> optax.Schedule:
     """Constant while pruning (the first half), then a cosine decay to 0 so that the stored network settles."""
     span = max(1, int(_budget.PRUNING_FRACTION * steps))
@@ -349,14 +382,16 @@ def _finetune_schedule(rate: float, steps: int) -> optax.Schedule:
 
 
 def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches, values: list[jax.Array],
-              snapped: list[jax.Array], settings: _Settings,
-              callback: Any) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
+              snapped: list[jax.Array], settings: _Settings, callback: Any, validation: Optional[list[Any]] = None,
+              ) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
     """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding.
 
     When the snapped network stores below ``min_rate``, the least salient weights are zeroed on the
     cubic schedule of :mod:`optreg._soft_share_budget` during the first half, each time as many as
     the network as it would be stored then (the current weights rounded to the current codebooks)
     needs to meet the floor: the snapped values' codebooks hold values the fine-tune stops using.
+    With ``validation`` batches, the checkpoint after the pruning whose stored network does best on
+    them is returned instead of the last (:class:`_BestOnValidation`).
     """
     keep: list[Optional[jax.Array]] = [(q != 0) if quantised else None
                                        for q, quantised in zip(snapped, layout.quantised)]
@@ -388,13 +423,18 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
         < settings.min_rate
     base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
     carry = (trainable, tx.init(trainable))
+    best = None if validation is None else _BestOnValidation(loss, validation, steps)
     for index in range(settings.finetune_steps):
         carry = step(carry, next(batches), keep)
         if prune and _budget.is_pruning_step(index, settings.finetune_steps):
             keep = _prune(carry, keep, base, stored_rate(carry[0], keep), index, settings)
+        if best is not None:
+            best.offer(index, carry[0], keep, lambda t, k: _rounded(t[0], fill(t[1]), k, False))
         if callback is not None:
             callback("finetune", index, settings.finetune_steps)
     trainable = carry[0]
+    if best is not None and best.best is not None:
+        _, trainable, keep = best.best
     return trainable[0], fill(trainable[1]), keep
 
 
@@ -463,6 +503,21 @@ def _positive(value: Any, name: str, *, integer: bool = False, fraction: bool = 
     return int(float(value)) if integer else float(value)
 
 
+def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[Any]]:
+    """The first :data:`MAX_CACHED_BATCHES` validation batches, read once (None stays None)."""
+    if validation is None:
+        return None
+    try:
+        batches = list(itertools.islice(iter(validation), MAX_CACHED_BATCHES))
+    except TypeError:
+        raise TypeError(f"soft_share_compress: validation must be an iterable of batches or None, got "
+                        f"{type(validation).__name__}.") from None
+    if not batches:
+        raise ValueError("soft_share_compress: validation yielded no batch; pass held-out batches (e.g. a list of "
+                         "(x, y) tuples) or None.")
+    return batches
+
+
 def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 (at least 6000 steps) of
     fine-tuning."""
@@ -518,6 +573,7 @@ def soft_share_compress(
     far_sigmas: float = DEFAULT_FAR_SIGMAS,
     min_rate: Optional[float] = DEFAULT_MIN_RATE,
     max_rate: Optional[float] = DEFAULT_MAX_RATE,
+    validation: Optional[Iterable[Any]] = None,
     callback: Optional[Callable[[str, int, int], None]] = None,
 ) -> SoftShareCompressed:
     """Compresses a trained network with soft weight sharing: retrain, snap, fine-tune, count.
@@ -565,6 +621,10 @@ def soft_share_compress(
       max_rate: a ceiling on the rate while retraining: above it π_0 is lowered, so that a large
         network the prior would compress further keeps more weights (compressing further costs
         accuracy). Default 80 (raised to ``min_rate`` if that is higher); None: no ceiling.
+      validation: held-out batches (a finite iterable; its first 256 batches are read once). If
+        given, the stored network is chosen by early stopping: the checkpoint of the fine-tune's
+        second half (after its pruning) with the lowest mean ``loss_fn`` on them, instead of the
+        last; ``losses["validation"]`` reports the stored network's. Default None: the last.
       callback: ``callback(phase, step, total)`` after every step (``phase`` is "retrain" or
         "finetune"), e.g. for a progress bar.
 
@@ -586,6 +646,7 @@ def soft_share_compress(
     References:
       Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017.
       Han, Mao & Dally, "Deep compression", ICLR 2016.
+      Prechelt, "Early stopping - but when?", in Neural Networks: Tricks of the Trade, Springer 1998.
     """
     layout = _Layout(params, mask)
     stream = Batches(batches, num_examples)
@@ -595,6 +656,7 @@ def soft_share_compress(
         "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
         "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate})
+    held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
     values, state = _retrain(layout, loss, stream, settings, callback)
@@ -602,9 +664,11 @@ def soft_share_compress(
     retrained = layout.params(values)
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
-    values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback)
+    values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback, held_out)
     final = _meet_floor(layout, _rounded(values, codebooks, keep, False), settings)
     losses["final"] = _mean_loss(loss, final, stream.held)
+    if held_out is not None:
+        losses["validation"] = _mean_loss(loss, final, held_out)
     stored = layout.params(final)
     mask_tree = layout.mask_tree()
     report = compression_report(stored, mask=mask_tree)
