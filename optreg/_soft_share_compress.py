@@ -77,7 +77,9 @@ class SoftShareCompressed(NamedTuple):
       state: the :class:`optreg.MixtureState` at the end of retraining, over the *normalised*
         weights w / scale (its ``mask`` records the quantised leaves).
       diagnostics: one :class:`optreg.LayerDiagnostics` per quantised leaf: how far snapping
-        moved the retrained weights (before the fine-tune), in σ's of their component.
+        moved the retrained weights, in σ's of their component. They describe the snap, before
+        the fine-tune: its ``zero_fraction`` is what the prior zeroed, not the stored sparsity
+        (the fine-tune may prune further to meet ``min_rate``; ``report`` has the stored one).
       codebooks: leaf path -> the distinct non-zero values stored for that leaf.
       scales: the per-leaf normalisation s (a pytree of floats; 1.0 for leaves left alone).
       retrained: the float network after retraining, before snapping.
