@@ -619,7 +619,8 @@ def soft_share_compress(
       min_rate: a floor on the compression rate (Han et al.'s count): while retraining, π_0 is
         raised when the snapped network stores below it; if it still does after snapping, the
         fine-tune prunes the least salient weights gradually until it does (default 40; None:
-        only what the prior decided).
+        only what the prior decided). Networks of a few thousand weights keep their accuracy at
+        20, not at 40 (the guide, docs/soft-sharing.md, has the measurements).
       max_rate: a ceiling on the rate while retraining: above it π_0 is lowered, so that a large
         network the prior would compress further keeps more weights (compressing further costs
         accuracy). Default 80 (raised to ``min_rate`` if that is higher); None: no ceiling.
