@@ -56,15 +56,20 @@ def prune_below(magnitudes: list[Optional[np.ndarray]], threshold: float) -> lis
     return [None if m is None else np.where(m <= threshold, 0.0, m) for m in magnitudes]
 
 
+def pruning_span(steps: int) -> int:
+    """The number of fine-tune steps (of ``steps``) the pruning runs over: the first :data:`PRUNING_FRACTION`."""
+    return max(1, int(PRUNING_FRACTION * steps))
+
+
 def zeros_due(step: int, steps: int, total: int) -> int:
     """How many extra zeros the cubic schedule asks for after ``step`` of ``steps`` fine-tune steps."""
-    span = max(1, int(PRUNING_FRACTION * steps))
+    span = pruning_span(steps)
     done = min(1.0, (step + 1) / span)
     return int(round(total * (1.0 - (1.0 - done) ** 3)))
 
 
 def is_pruning_step(step: int, steps: int) -> bool:
-    span = max(1, int(PRUNING_FRACTION * steps))
+    span = pruning_span(steps)
     every = max(1, span // PRUNING_EVENTS)
     return step < span and (step + 1) % every == 0 or step + 1 == span
 

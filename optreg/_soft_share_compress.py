@@ -361,7 +361,7 @@ class _BestOnValidation:
 
     def __init__(self, loss: Callable[[Any, Any], jax.Array], batches: list[Any], steps: int) -> None:
         self.loss, self.batches, self.steps = loss, batches, steps
-        self.start = max(1, int(_budget.PRUNING_FRACTION * steps)) - 1
+        self.start = _budget.pruning_span(steps) - 1  # the last pruning step
         self.every = max(1, (steps - self.start) // VALIDATION_CHECKS)
         self.best: Optional[tuple[float, Any, list[Optional[jax.Array]]]] = None
 
@@ -378,7 +378,7 @@ class _BestOnValidation:
 
 def _finetune_schedule(rate: float, steps: int) -> optax.Schedule:
     """Constant while pruning (the first half), then a cosine decay to 0 so that the stored network settles."""
-    span = max(1, int(_budget.PRUNING_FRACTION * steps))
+    span = _budget.pruning_span(steps)
     decay = optax.cosine_decay_schedule(rate, max(1, steps - span))
     return optax.join_schedules([optax.constant_schedule(rate), decay], [span])
 
@@ -417,21 +417,21 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
         updates, state = tx.update(grads, state, t)
         return optax.apply_updates(t, updates), state
 
-    def stored_rate(t: Any, keep: list[Optional[jax.Array]]) -> Callable[..., float]:
-        """The count of the network as it would be stored now, as a function of the pattern to keep."""
-        return _rate_of_pattern(layout, _rounded(t[0], fill(t[1]), keep, False))
+    def stored(t: Any, keep: list[Optional[jax.Array]]) -> list[jax.Array]:
+        """The network as it would be stored now: the weights rounded to the codebooks, zeros where not kept."""
+        return _rounded(t[0], fill(t[1]), keep, False)
 
-    prune = settings.min_rate is not None and stored_rate(trainable, keep)(_magnitudes(values, keep)) \
-        < settings.min_rate
+    prune = settings.min_rate is not None and \
+        _rate_of_pattern(layout, stored(trainable, keep))(_magnitudes(values, keep)) < settings.min_rate
     base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
     carry = (trainable, tx.init(trainable))
     best = None if validation is None else _BestOnValidation(loss, validation, steps)
     for index in range(settings.finetune_steps):
         carry = step(carry, next(batches), keep)
         if prune and _budget.is_pruning_step(index, settings.finetune_steps):
-            keep = _prune(carry, keep, base, stored_rate(carry[0], keep), index, settings)
+            keep = _prune(carry, keep, base, _rate_of_pattern(layout, stored(carry[0], keep)), index, settings)
         if best is not None:
-            best.offer(index, carry[0], keep, lambda t, k: _rounded(t[0], fill(t[1]), k, False))
+            best.offer(index, carry[0], keep, stored)
         if callback is not None:
             callback("finetune", index, settings.finetune_steps)
     trainable = carry[0]
