@@ -239,10 +239,15 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="soft_share_prior end to end (Flax) and its cost split")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--skip-split", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="also time soft_share_prior with these options (JSON values), interleaved with the "
+                             "default, e.g. --variant refresh_every=1")
     args = parser.parse_args(argv)
     info = machine_info()
     print(describe_machine(info))
-    results = run_phase(end_to_end_cases(), args.rounds, 0.05, repeats=2)
+    variants = {f" [{text}]": {name: json.loads(value) for name, _, value in
+                               (item.partition("=") for item in text.split(","))} for text in args.variant}
+    results = run_phase(end_to_end_cases(variants=variants), args.rounds, 0.05, repeats=2)
     print(markdown_table(results))
     if not args.skip_split:
         split = cost_split()

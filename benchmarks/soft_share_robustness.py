@@ -1,6 +1,6 @@
 """Does ``optreg.soft_share_compress`` work with its defaults on networks and splits it was not tuned on?
 
-For every architecture and split: train a baseline with Adam (learning rate 1e-3, batch 64),
+For every architecture and split: train a baseline with Adam (learning rate 1e-3, batch 64, 100 epochs),
 compress it with ``soft_share_compress(loss_fn, params, batches, num_examples=N)`` and nothing
 else, and report test accuracy before and after and the compression rate (Han et al.'s count).
 Targets: >= 40x at <= 2.0 points lost, and >= 64x at <= 1.5 points for the
@@ -11,6 +11,7 @@ digits demo's 64-300-100-10.
     python benchmarks/soft_share_robustness.py --archs mlp-128-128,cnn-16-32 --splits 0:0.25,1:0.3
     python benchmarks/soft_share_robustness.py --set zero_mixing=0.995   # an override, for comparisons
     python benchmarks/soft_share_robustness.py --batch-size 128          # another batch size (baseline and compression)
+    python benchmarks/soft_share_robustness.py --baseline-epochs 25      # a less trained baseline
 
 Data: scikit-learn's 8x8 digits (1797 images), stratified splits ``seed:test_fraction``.
 """
@@ -26,7 +27,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's optreg, also in worker processes
 
-#: name -> (kind, layer sizes): "mlp" hidden widths, or "cnn" (conv features, dense width, pooling).
+#: name -> (kind, layer sizes): "mlp" hidden widths (ReLU; "mlp-tanh": tanh), or "cnn" (conv features, dense
+#: width, average pooling; "cnn-max": max pooling).
 ARCHITECTURES: dict[str, tuple[str, tuple]] = {
     "mlp-300-100": ("mlp", (300, 100)),
     "mlp-128-128": ("mlp", (128, 128)),
@@ -46,9 +48,18 @@ ARCHITECTURES: dict[str, tuple[str, tuple]] = {
     "mlp-64-64-64": ("mlp", (64, 64, 64)),
     "cnn-12-24": ("cnn", ((12, 24), 0, True)),
     "cnn-8-16-32": ("cnn", ((8, 16), 32, True)),
+    # added after every default was fixed: other widths, depths, activations and pooling
+    "mlp-200": ("mlp", (200,)),
+    "mlp-128-64-32": ("mlp", (128, 64, 32)),
+    "mlp-tanh-128-128": ("mlp-tanh", (128, 128)),
+    "cnn-max-16-32": ("cnn-max", ((16, 32), 64, True)),
+    "cnn-max-32-64": ("cnn-max", ((32, 64), 64, True)),
+    "mlp-256-128": ("mlp", (256, 128)),
+    "mlp-384": ("mlp", (384,)),
 }
 SPLITS = ((0, 0.25), (1, 0.3), (2, 0.2), (3, 0.35))
 BASELINE_EPOCHS = 100
+BASELINE_LEARNING_RATE = 1e-3
 BATCH_SIZE = 64
 MAX_DROP, MIN_RATE = 2.0, 40.0  # points, x
 DEMO = ("mlp-300-100", 1.5, 64.0)
@@ -58,12 +69,14 @@ def build_model(name: str) -> Any:
     import flax.linen as nn
 
     kind, spec = ARCHITECTURES[name]
+    activation = nn.tanh if kind == "mlp-tanh" else nn.relu
+    pooling = nn.max_pool if kind == "cnn-max" else nn.avg_pool
 
     class MLP(nn.Module):
         @nn.compact
         def __call__(self, x: Any) -> Any:
             for width in spec:
-                x = nn.relu(nn.Dense(width)(x))
+                x = activation(nn.Dense(width)(x))
             return nn.Dense(10)(x)
 
     class CNN(nn.Module):
@@ -74,13 +87,13 @@ def build_model(name: str) -> Any:
             for width in features:
                 x = nn.relu(nn.Conv(width, (3, 3))(x))
                 if pool:
-                    x = nn.avg_pool(x, (2, 2), (2, 2))
+                    x = pooling(x, (2, 2), (2, 2))
             x = x.reshape(x.shape[0], -1)
             if dense:
                 x = nn.relu(nn.Dense(dense)(x))
             return nn.Dense(10)(x)
 
-    return MLP() if kind == "mlp" else CNN()
+    return MLP() if kind.startswith("mlp") else CNN()
 
 
 def minibatches(x: Any, y: Any, batch_size: int, seed: int) -> Iterator[tuple[Any, Any]]:
@@ -95,8 +108,10 @@ def minibatches(x: Any, y: Any, batch_size: int, seed: int) -> Iterator[tuple[An
             yield x[index], y[index]
 
 
-def run_case(arch: str, seed: int, test_fraction: float, overrides: dict, batch_size: int = BATCH_SIZE) -> dict:
-    """Baseline with Adam, then soft_share_compress with defaults (plus ``overrides``); one row."""
+def run_case(arch: str, seed: int, test_fraction: float, overrides: dict, batch_size: int = BATCH_SIZE,
+             baseline: tuple[int, float] = (BASELINE_EPOCHS, BASELINE_LEARNING_RATE)) -> dict:
+    """Baseline with Adam (``baseline`` = (epochs, step size)), then soft_share_compress with defaults (plus
+    ``overrides``); one row."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -113,12 +128,13 @@ def run_case(arch: str, seed: int, test_fraction: float, overrides: dict, batch_
         logits = model.apply({"params": p}, batch[0])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-    tx = optax.adam(1e-3)
+    epochs, learning_rate = baseline
+    tx = optax.adam(learning_rate)
     step = jax.jit(lambda p, s, b: (lambda g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))(
         jax.grad(loss_fn)(p, b), s))
     state = tx.init(params)
     stream = minibatches(data.x_train, data.y_train, batch_size, seed)
-    for _ in range(BASELINE_EPOCHS * (len(data.x_train) // batch_size)):
+    for _ in range(epochs * (len(data.x_train) // batch_size)):
         params, state = step(params, state, next(stream))
     predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1))
 
@@ -136,6 +152,7 @@ def run_case(arch: str, seed: int, test_fraction: float, overrides: dict, batch_
         "drop": 100 * (before - after), "rate": out.report.compression_rate, "nonzero": out.report.nonzero_fraction,
         "retrained": accuracy(out.retrained), "seconds": seconds, "losses": out.losses,
         "far": max((d.far_fraction for d in out.diagnostics), default=0.0), "batch_size": batch_size,
+        "baseline_training": list(baseline),
     }
 
 
@@ -159,7 +176,7 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _worker(job: tuple[str, int, float, dict, int]) -> dict:
+def _worker(job: tuple[str, int, float, dict, int, tuple[int, float]]) -> dict:
     return run_case(*job)
 
 
@@ -196,6 +213,10 @@ def main(argv: Sequence[str] = ()) -> int:
                         help="override a soft_share_compress option (JSON value)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help=f"minibatch size of the baseline's training and of the compression (default {BATCH_SIZE})")
+    parser.add_argument("--baseline-epochs", type=int, default=BASELINE_EPOCHS,
+                        help=f"epochs of the baseline's Adam training (default {BASELINE_EPOCHS})")
+    parser.add_argument("--baseline-lr", type=float, default=BASELINE_LEARNING_RATE,
+                        help=f"step size of the baseline's Adam training (default {BASELINE_LEARNING_RATE})")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON lines here")
     args = parser.parse_args(list(argv))
     overrides = {}
@@ -203,13 +224,15 @@ def main(argv: Sequence[str] = ()) -> int:
         name, _, value = item.partition("=")
         overrides[name] = parse_value(value)
     splits = [(int(s), float(f)) for s, f in (item.split(":") for item in args.splits.split(","))]
-    jobs = [(arch, seed, fraction, overrides, args.batch_size)
+    baseline = (args.baseline_epochs, args.baseline_lr)
+    jobs = [(arch, seed, fraction, overrides, args.batch_size, baseline)
             for seed, fraction in splits for arch in args.archs.split(",")]
     rows = run_jobs(_worker, jobs, args.jobs)
     rows.sort(key=lambda r: (list(ARCHITECTURES).index(r["arch"]), r["split"]))
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"\noverrides: {overrides or 'none (defaults)'}; batch size {args.batch_size}\n")
+    print(f"\noverrides: {overrides or 'none (defaults)'}; batch size {args.batch_size}; baseline {baseline[0]} "
+          f"epochs of Adam({baseline[1]:g})\n")
     print(table(rows))
     return 0
 

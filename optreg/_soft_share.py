@@ -56,8 +56,17 @@ from optreg._tree import Mask
 DEFAULT_LEARNING_RATES = MixtureParams(3e-4, 3e-3, 3e-3)
 
 _TRANSFORM_SPELLING = "soft_share_prior(weight_decay=τ, num_components=K)"
-#: The mixture's step, the histogram and the fast mode's table are refreshed every this many updates.
+#: The mixture's step, the histogram and the fast mode's table are refreshed every this many updates
+#: (``refresh_every=None``), except on GPUs: there XLA's conditional that skips a refresh costs more than
+#: the refresh itself (the transform alone on an NVIDIA H200, K = 17: 112 µs per update when refreshing
+#: every update, 177 µs every 8th; benchmarks/results/gpu_h200_soft_share_end_to_end.txt).
 DEFAULT_REFRESH_EVERY = 8
+_BACKENDS_REFRESHING_EVERY_UPDATE = ("gpu", "cuda", "rocm")
+
+
+def default_refresh_every() -> int:
+    """``refresh_every`` when None: 1 if JAX's default backend is a GPU, else :data:`DEFAULT_REFRESH_EVERY`."""
+    return 1 if jax.default_backend() in _BACKENDS_REFRESHING_EVERY_UPDATE else DEFAULT_REFRESH_EVERY
 _PENALTY_SPELLING = "soft_share_penalty(params, weight_decay=τ, state=state)"
 
 
@@ -286,7 +295,7 @@ def soft_share_prior(
     init_std: Optional[float] = None,
     mode: str = "fast",
     grid_size: int = 4096,
-    refresh_every: int = DEFAULT_REFRESH_EVERY,
+    refresh_every: Optional[int] = None,
     mask: Mask = None,
 ) -> optax.GradientTransformation:
     """Adds τ·Σ_j r_ij λ_j (w_i − μ_j), the gradient of a learned mixture prior, and learns the mixture.
@@ -315,22 +324,26 @@ def soft_share_prior(
       learn_zero_mixing: learn π_0 too (under ``prior.zero_mixing`` if given).
       optimizer: the mixture's optimizer, any optax transform over a :class:`MixtureParams`,
         stepped once per refresh; default Adam with Ullrich et al.'s step sizes (3e-4, 3e-3, 3e-3)
-        for (means, log-precisions, logits) times ``refresh_every`` (the same pace per update).
+        for (means, log-precisions, logits) times k = ``refresh_every`` (the same pace per update).
         For other rates: ``optax.multi_transform({...}, MixtureParams("means", "log_precisions",
         "mixing_logits"))``.
       init_range: (low, high) for the initial means instead of the weights' range.
       init_std: initial σ of every component instead of range/5.
       mode: ``"fast"`` (tabulated gradient, histogram sums: O(G·K + N)) or ``"exact"`` (O(N·K)).
       grid_size: G, the fast mode's grid points (static, >= 16).
-      refresh_every: k >= 1 (static): the mixture's step, and in the fast mode the weights' histogram
+      refresh_every: k >= 1 (static), or None (default): k = 1 when JAX's default backend is a GPU,
+        8 otherwise, chosen at the first ``init`` (so a state made on a GPU has no ``cache`` and one
+        made on a CPU has one: pass k explicitly for a checkpoint that moves between them). The
+        mixture's step, and in the fast mode the weights' histogram
         and the table over the grid, are done every k-th update (the first included); the weight
         gradient is added at every update, from the table of the state's current mixture (which
         changes only at a refresh; a state whose mixture was edited by hand is noticed and refreshed
         at its next update). On a
         refresh the grid spans the weights' range plus 5 % on each side; a weight that leaves it
-        before the next refresh gets the table's tangent at the end (linear extrapolation). The
-        default 8 makes the fixed per-step cost (table, histogram, mixture step) 8 times smaller;
-        1 refreshes at every update.
+        before the next refresh gets the table's tangent at the end (linear extrapolation). On a
+        CPU, 8 makes the fixed per-step cost (table, histogram, mixture step) 8 times smaller; on a
+        GPU the conditional that skips a refresh costs more than the refresh (an NVIDIA H200, K = 17:
+        112 µs per update at k = 1, 177 µs at k = 8), hence 1 there.
       mask: optax-style mask (None: every floating leaf). The mixture is shared by, and its
         statistics are global over, all selected leaves.
 
@@ -372,9 +385,9 @@ def soft_share_prior(
         mixture = initial_mixture(weights, jnp.asarray(zero_mixing, jnp.float32))
         recorded = jnp.asarray([bool(flag) for flag in flags], jnp.bool_).reshape(len(flags))
         cache = empty_cache(config.num_components, config.grid_size) if mode == "fast" and \
-            config.refresh_every > 1 else None
+            config.every() > 1 else None
         return MixtureState(_hyper.init_count().count, mixture.means, mixture.log_precisions, mixture.mixing_logits,
-                            config.optimizer.init(mixture), recorded, cache)
+                            config.mixture_optimizer().init(mixture), recorded, cache)
 
     def update_fn(updates: Any, state: MixtureState, params: Optional[Any] = None) -> tuple[Any, MixtureState]:
         params = require_params(params, "soft_share_prior")
@@ -388,10 +401,10 @@ def soft_share_prior(
         weights = [in_mixture_dtype(param_leaves[i]) for i in chosen]
         def mixture_step(data: MixtureParams) -> tuple[MixtureParams, Any]:
             grad = mixture_step_gradient(mixture, data, config.prior, zero_mixing, learn_zero_mixing)
-            steps, optimizer_state = config.optimizer.update(grad, state.optimizer, mixture)
+            steps, optimizer_state = config.mixture_optimizer().update(grad, state.optimizer, mixture)
             return pin(optax.apply_updates(mixture, steps), zero_mixing, learn_zero_mixing), optimizer_state
 
-        every, cache = config.refresh_every, state.cache
+        every, cache = config.every(), state.cache
         if mode == "fast" and every > 1 and weights:
             gradients, stepped, optimizer_state, cache = _refreshed_step(
                 weights, state, mixture, log_mixing, learned, config.grid_size, every, mixture_step)
@@ -415,12 +428,29 @@ def soft_share_prior(
 
 
 class _TransformConfig:
-    """The validated, static settings of one :func:`soft_share_prior`."""
+    """The validated, static settings of one :func:`soft_share_prior`.
+
+    ``refresh_every=None`` is resolved (with the default optimizer, whose step sizes depend on it)
+    when first needed, at the first ``init`` or ``update``, not at construction: a transform built
+    before JAX's backends are configured still follows the backend it runs on.
+    """
 
     def __init__(self, num_components: int, grid_size: int, prior: MixturePrior,
-                 optimizer: optax.GradientTransformation, refresh_every: int) -> None:
-        self.num_components, self.grid_size, self.prior, self.optimizer = num_components, grid_size, prior, optimizer
-        self.refresh_every = refresh_every
+                 optimizer: Optional[optax.GradientTransformation], refresh_every: Optional[int]) -> None:
+        self.num_components, self.grid_size, self.prior = num_components, grid_size, prior
+        self._optimizer, self._refresh_every = optimizer, refresh_every
+
+    def every(self) -> int:
+        """k = ``refresh_every``, the default resolved for JAX's default backend on first use."""
+        if self._refresh_every is None:
+            self._refresh_every = default_refresh_every()
+        return self._refresh_every
+
+    def mixture_optimizer(self) -> optax.GradientTransformation:
+        """The given optimizer, or Adam at Ullrich et al.'s step sizes times k (the same pace per update)."""
+        if self._optimizer is None:
+            self._optimizer = _fields_optimizer([self.every() * rate for rate in DEFAULT_LEARNING_RATES])
+        return self._optimizer
 
     @classmethod
     def build(cls, weight_decay: Any, num_components: Any, prior: Any, zero_mixing: Any, learn_zero_mixing: Any,
@@ -429,7 +459,7 @@ class _TransformConfig:
         _check_weight_decay(weight_decay, _TRANSFORM_SPELLING)
         num_components = _check_int(num_components, "num_components", 2)
         grid_size = _check_int(grid_size, "grid_size", 16)
-        refresh_every = _check_int(refresh_every, "refresh_every", 1)
+        refresh_every = None if refresh_every is None else _check_int(refresh_every, "refresh_every", 1)
         prior = check_prior(prior)
         _check_fraction(zero_mixing, "zero_mixing")
         if not isinstance(learn_zero_mixing, (bool, np.bool_)):
@@ -437,9 +467,7 @@ class _TransformConfig:
         if mode not in ("fast", "exact"):
             raise ValueError(f"mode must be 'fast' or 'exact', got mode={mode!r}.")
         _check_init(init_range, init_std)
-        if optimizer is None:  # the mixture steps every k-th update: k-times the step keeps its pace per update
-            optimizer = _fields_optimizer([refresh_every * rate for rate in DEFAULT_LEARNING_RATES])
-        elif not isinstance(optimizer, optax.GradientTransformation):
+        if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
         return cls(num_components, grid_size, prior, optimizer, refresh_every)
 

@@ -37,7 +37,7 @@ import itertools
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -56,9 +56,12 @@ from optreg._tree import Mask
 #: The hyperpriors in normalised units (weights divided by their leaf's RMS): non-zero components
 #: held near σ = 0.25 (Gamma mode (α − 1)/β = 16), the zero component near σ_0 = 0.05 (mode 400).
 DEFAULT_PRIOR = MixturePrior(precision=(10000.0, 625.0), zero_precision=(5000.0, 12.5))
-#: The storage floor the fine-tune prunes to when the prior left the network denser (Han et al.
-#: report 40x for LeNet-300-100 and 39x for LeNet-5).
+#: The storage floor the fine-tune prunes to when the prior left the network denser, for a network of
+#: at most AUTO_MIN_RATE_SIZE quantised weights (Han et al. report 40x for LeNet-300-100 and 39x for
+#: LeNet-5). ``min_rate="auto"`` raises it as √N beyond that size, up to AUTO_MIN_RATE_CAP (Ullrich
+#: et al.'s 64x for LeNet-300-100): a larger network affords a higher rate at the same accuracy.
 DEFAULT_MIN_RATE = 40.0
+AUTO_MIN_RATE_SIZE, AUTO_MIN_RATE_CAP = 18_000, 64.0
 #: τ's schedule while retraining: warm-up fraction, hold until this fraction, then raised by this factor.
 WARMUP_FRACTION, HOLD_FRACTION, FINAL_RISE = 0.2, 0.5, 10.0
 #: The ceiling on the storage rate while retraining: beyond it π_0 is lowered (more compression costs accuracy).
@@ -150,6 +153,10 @@ class _Layout:
         for index, value in zip(self.floating, values):
             leaves[index] = value
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def size(self) -> int:
+        """The number of quantised weights."""
+        return sum(int(np.size(self.leaves[i])) for i, keep in zip(self.floating, self.quantised) if keep)
 
     def mask_tree(self) -> Any:
         flags = [False] * len(self.leaves)
@@ -520,6 +527,22 @@ def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[An
     return batches
 
 
+def auto_min_rate(num_weights: int) -> float:
+    """``min_rate="auto"``: 40 up to 18 000 quantised weights, then 40·√(N / 18 000), at most 64."""
+    growth = math.sqrt(max(1.0, num_weights / AUTO_MIN_RATE_SIZE))
+    return float(min(AUTO_MIN_RATE_CAP, DEFAULT_MIN_RATE * growth))
+
+
+def _floor(min_rate: Any, num_weights: int) -> Optional[float]:
+    """The validated ``min_rate``: None, a number > 0, or ``"auto"`` (:func:`auto_min_rate`)."""
+    if isinstance(min_rate, str):
+        if min_rate != "auto":
+            raise ValueError(f"soft_share_compress: min_rate must be 'auto', a number > 0 or None, got "
+                             f"{min_rate!r}.")
+        return auto_min_rate(num_weights)
+    return None if min_rate is None else _positive(min_rate, "min_rate")
+
+
 def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     """The defaults, from the data's size: τ = 0.01 / N; 60 epochs of retraining, 80 (at least 6000 steps) of
     fine-tuning."""
@@ -543,7 +566,7 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     kl_threshold = options["kl_threshold"]
     if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not float(kl_threshold) >= 0:
         raise ValueError(f"soft_share_compress: kl_threshold must be a number >= 0, got {kl_threshold!r}.")
-    min_rate = None if options["min_rate"] is None else _positive(options["min_rate"], "min_rate")
+    min_rate = _floor(options["min_rate"], options["num_weights"])
     max_rate = None if options["max_rate"] is None else _positive(options["max_rate"], "max_rate")
     if options["max_rate"] is DEFAULT_MAX_RATE and min_rate is not None:
         max_rate = max(DEFAULT_MAX_RATE, min_rate)
@@ -573,7 +596,7 @@ def soft_share_compress(
     mixture_learning_rate: Optional[float] = None,
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     far_sigmas: float = DEFAULT_FAR_SIGMAS,
-    min_rate: Optional[float] = DEFAULT_MIN_RATE,
+    min_rate: Union[float, str, None] = "auto",
     max_rate: Optional[float] = DEFAULT_MAX_RATE,
     validation: Optional[Iterable[Any]] = None,
     callback: Optional[Callable[[str, int, int], None]] = None,
@@ -618,9 +641,11 @@ def soft_share_compress(
       far_sigmas: k of the diagnostics (weights farther than k·σ from their component).
       min_rate: a floor on the compression rate (Han et al.'s count): while retraining, π_0 is
         raised when the snapped network stores below it; if it still does after snapping, the
-        fine-tune prunes the least salient weights gradually until it does (default 40; None:
-        only what the prior decided). Networks of a few thousand weights keep their accuracy at
-        20, not at 40 (the guide, docs/soft-sharing.md, has the measurements).
+        fine-tune prunes the least salient weights gradually until it does. Default ``"auto"``:
+        40 for a network of up to 18 000 quantised weights, 40·√(N / 18 000) beyond, at most 64
+        (from ~46 000 weights); a number sets it; None: only what the prior decided. Networks
+        of a few thousand weights keep their accuracy at 20, not at 40 (the guide,
+        docs/soft-sharing.md, has the measurements).
       max_rate: a ceiling on the rate while retraining: above it π_0 is lowered, so that a large
         network the prior would compress further keeps more weights (compressing further costs
         accuracy). Default 80 (raised to ``min_rate`` if that is higher); None: no ceiling.
@@ -658,7 +683,7 @@ def soft_share_compress(
         "steps": steps, "finetune_steps": finetune_steps, "learning_rate": learning_rate,
         "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
-        "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate})
+        "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate, "num_weights": layout.size()})
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}

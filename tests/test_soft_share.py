@@ -136,6 +136,25 @@ def test_table_kept_between_refreshes_is_the_current_mixtures():
         state = new_state
 
 
+@pytest.mark.parametrize("backend, every", [("gpu", 1), ("cpu", 8), ("tpu", 8)])
+def test_default_refresh_follows_the_backend(monkeypatch, backend, every):
+    """refresh_every=None is k = 1 on a GPU (where XLA's conditional costs more than a refresh), 8 elsewhere;
+    resolved at the first init, not at construction, and with the default mixture optimizer's step sizes times k."""
+    params = weights_tree(3)
+    tx = optreg.soft_share_prior(1e-3, 5)  # built before the backend is known
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    state = tx.init(params)
+    explicit = optreg.soft_share_prior(1e-3, 5, refresh_every=every)
+    chex.assert_trees_all_equal_structs(state, explicit.init(params))
+    assert (state.cache is None) == (every == 1)
+    grads = jax.tree.map(lambda w: 0.1 * w, params)
+    explicit_state = explicit.init(params)
+    for _ in range(3):  # the mixture steps with the same Adam step sizes (x k) at the same updates
+        updates, state = tx.update(grads, state, params)
+        explicit_updates, explicit_state = explicit.update(grads, explicit_state, params)
+        chex.assert_trees_all_close((updates, state), (explicit_updates, explicit_state), rtol=1e-6, atol=1e-7)
+
+
 def test_fast_path_forms_no_n_by_k_array():
     n = 5003
     params = {"w": jnp.linspace(-1.0, 1.0, n)}

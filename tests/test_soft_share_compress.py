@@ -112,6 +112,22 @@ def test_the_storage_floor_is_met_exactly():
     assert optreg.compression_report(out.params).compression_rate == out.report.compression_rate
 
 
+@pytest.mark.parametrize("outputs, floor", [(200, 40.0), (400, 40.0 * np.sqrt(25_600 / 18_000)), (800, 64.0)])
+def test_the_default_floor_grows_with_the_number_of_quantised_weights(outputs, floor):
+    """min_rate="auto": 40x up to 18 000 quantised weights, 40·√(N / 18 000) beyond, at most 64x. A least-squares
+    layer of 64 x outputs weights under a prior too weak and a zero component too small to zero much is pruned
+    to its floor."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    w = jnp.asarray(rng.normal(size=(64, outputs)) / 8.0, jnp.float32)
+    y = x @ np.asarray(w)
+    data = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
+    out = optreg.soft_share_compress(lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2), {"w": w}, data,
+                                     num_examples=256, steps=20, finetune_steps=20, weight_decay=1e-9,
+                                     zero_mixing=0.3, max_rate=None)
+    assert floor <= out.report.compression_rate <= 1.05 * floor
+
+
 def test_the_rate_control_lowers_the_zero_proportion_when_the_prior_compresses_beyond_max_rate(compressed, trained):
     """The unsteered run (min_rate=None, the default ceiling far above) keeps π_0 = 0.997 and stores at
     ~3x; asking for at most 1.5x must lower π_0 and give a denser network."""
@@ -156,6 +172,7 @@ def test_a_finite_one_shot_iterator_is_replayed_and_a_list_restarted():
     ({"num_examples": 512, "steps": -3}, "steps"),
     ({"num_examples": 512, "num_components": 1}, "num_components"),
     ({"num_examples": 512, "min_rate": -1.0}, "min_rate"),
+    ({"num_examples": 512, "min_rate": "high"}, "min_rate must be 'auto'"),
     ({"num_examples": 512, "max_rate": 0.0}, "max_rate"),
     ({"num_examples": 512, "min_rate": 50.0, "max_rate": 45.0}, "max_rate must be >= min_rate"),
     ({"num_examples": 512, "mask": {"hidden": False, "out": False, "step": False}}, "no floating leaf"),

@@ -50,7 +50,8 @@ def test_quick_pipeline_compresses_and_stays_accurate(result):
     # robustness table of benchmarks/soft_share_robustness.py); chance is 0.1
     assert out.baseline_accuracy > 0.9
     assert out.quantized_accuracy > 0.3
-    assert out.report.compression_rate >= 40.0  # the storage floor (default min_rate), met exactly
+    # the storage floor min_rate="auto" sets for its 50 610 weights, 40·√(50 610 / 18 000) capped at 64, met
+    assert out.report.compression_rate >= 64.0
     # pruning dead units only removes weights
     assert out.report.bits <= out.report_unpruned.bits and out.report.nonzero <= out.report_unpruned.nonzero
 
