@@ -533,14 +533,13 @@ def auto_min_rate(num_weights: int) -> float:
     return float(min(AUTO_MIN_RATE_CAP, DEFAULT_MIN_RATE * growth))
 
 
-def _floor(min_rate: Any, num_weights: int) -> Optional[float]:
-    """The validated ``min_rate``: None, a number > 0, or ``"auto"`` (:func:`auto_min_rate`)."""
-    if isinstance(min_rate, str):
-        if min_rate != "auto":
-            raise ValueError(f"soft_share_compress: min_rate must be 'auto', a number > 0 or None, got "
-                             f"{min_rate!r}.")
-        return auto_min_rate(num_weights)
-    return None if min_rate is None else _positive(min_rate, "min_rate")
+def _rate_bound(value: Any, name: str, auto: Callable[[], float]) -> Optional[float]:
+    """A validated ``min_rate`` or ``max_rate``: None, a number > 0, or ``"auto"`` (then ``auto()``)."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"soft_share_compress: {name} must be 'auto', a number > 0 or None, got {value!r}.")
+        return auto()
+    return None if value is None else _positive(value, name)
 
 
 def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
@@ -566,10 +565,8 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     kl_threshold = options["kl_threshold"]
     if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not float(kl_threshold) >= 0:
         raise ValueError(f"soft_share_compress: kl_threshold must be a number >= 0, got {kl_threshold!r}.")
-    min_rate = _floor(options["min_rate"], options["num_weights"])
-    max_rate = None if options["max_rate"] is None else _positive(options["max_rate"], "max_rate")
-    if options["max_rate"] is DEFAULT_MAX_RATE and min_rate is not None:
-        max_rate = max(DEFAULT_MAX_RATE, min_rate)
+    min_rate = _rate_bound(options["min_rate"], "min_rate", lambda: auto_min_rate(options["num_weights"]))
+    max_rate = _rate_bound(options["max_rate"], "max_rate", lambda: max(DEFAULT_MAX_RATE, min_rate or 0.0))
     if min_rate is not None and max_rate is not None and max_rate < min_rate:
         raise ValueError(f"soft_share_compress: max_rate must be >= min_rate, got max_rate={max_rate!r} and "
                          f"min_rate={min_rate!r}.")
@@ -597,7 +594,7 @@ def soft_share_compress(
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     far_sigmas: float = DEFAULT_FAR_SIGMAS,
     min_rate: Union[float, str, None] = "auto",
-    max_rate: Optional[float] = DEFAULT_MAX_RATE,
+    max_rate: Union[float, str, None] = "auto",
     validation: Optional[Iterable[Any]] = None,
     callback: Optional[Callable[[str, int, int], None]] = None,
 ) -> SoftShareCompressed:
@@ -648,7 +645,8 @@ def soft_share_compress(
         docs/soft-sharing.md, has the measurements).
       max_rate: a ceiling on the rate while retraining: above it π_0 is lowered, so that a large
         network the prior would compress further keeps more weights (compressing further costs
-        accuracy). Default 80 (raised to ``min_rate`` if that is higher); None: no ceiling.
+        accuracy). Default ``"auto"``: 80, or ``min_rate`` if that is higher; a number sets it;
+        None: no ceiling.
       validation: held-out batches (a finite iterable; its first 256 batches are read once). If
         given, the stored network is chosen by early stopping: the checkpoint of the fine-tune's
         second half (after its pruning) with the lowest mean ``loss_fn`` on them, instead of the

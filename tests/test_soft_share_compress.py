@@ -173,6 +173,8 @@ def test_a_finite_one_shot_iterator_is_replayed_and_a_list_restarted():
     ({"num_examples": 512, "num_components": 1}, "num_components"),
     ({"num_examples": 512, "min_rate": -1.0}, "min_rate"),
     ({"num_examples": 512, "min_rate": "high"}, "min_rate must be 'auto'"),
+    ({"num_examples": 512, "max_rate": "none"}, "max_rate must be 'auto'"),
+    ({"num_examples": 512, "min_rate": 100.0, "max_rate": 80.0}, "max_rate must be >= min_rate"),
     ({"num_examples": 512, "max_rate": 0.0}, "max_rate"),
     ({"num_examples": 512, "min_rate": 50.0, "max_rate": 45.0}, "max_rate must be >= min_rate"),
     ({"num_examples": 512, "mask": {"hidden": False, "out": False, "step": False}}, "no floating leaf"),
