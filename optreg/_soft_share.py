@@ -56,18 +56,14 @@ from optreg._tree import Mask
 DEFAULT_LEARNING_RATES = MixtureParams(3e-4, 3e-3, 3e-3)
 
 _TRANSFORM_SPELLING = "soft_share_prior(weight_decay=τ, num_components=K)"
+_PENALTY_SPELLING = "soft_share_penalty(params, weight_decay=τ, state=state)"
 #: The mixture's step, the histogram and the fast mode's table are refreshed every this many updates
 #: (``refresh_every=None``), except on GPUs: there XLA's conditional that skips a refresh costs more than
 #: the refresh itself (the transform alone on an NVIDIA H200, K = 17: 112 µs per update when refreshing
 #: every update, 177 µs every 8th; benchmarks/results/gpu_h200_soft_share_end_to_end.txt).
 DEFAULT_REFRESH_EVERY = 8
-_BACKENDS_REFRESHING_EVERY_UPDATE = ("gpu", "cuda", "rocm")
-
-
-def default_refresh_every() -> int:
-    """``refresh_every`` when None: 1 if JAX's default backend is a GPU, else :data:`DEFAULT_REFRESH_EVERY`."""
-    return 1 if jax.default_backend() in _BACKENDS_REFRESHING_EVERY_UPDATE else DEFAULT_REFRESH_EVERY
-_PENALTY_SPELLING = "soft_share_penalty(params, weight_decay=τ, state=state)"
+#: JAX's name of a GPU backend (CUDA and ROCm alike).
+_GPU_BACKEND = "gpu"
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -443,7 +439,7 @@ class _TransformConfig:
     def every(self) -> int:
         """k = ``refresh_every``, the default resolved for JAX's default backend on first use."""
         if self._refresh_every is None:
-            self._refresh_every = default_refresh_every()
+            self._refresh_every = 1 if jax.default_backend() == _GPU_BACKEND else DEFAULT_REFRESH_EVERY
         return self._refresh_every
 
     def mixture_optimizer(self) -> optax.GradientTransformation:
