@@ -56,6 +56,12 @@ ARCHITECTURES: dict[str, tuple[str, tuple]] = {
     "cnn-max-32-64": ("cnn-max", ((32, 64), 64, True)),
     "mlp-256-128": ("mlp", (256, 128)),
     "mlp-384": ("mlp", (384,)),
+    # added later still, run once on two more new splits
+    "mlp-80-40": ("mlp", (80, 40)),
+    "mlp-160": ("mlp", (160,)),
+    "mlp-tanh-100": ("mlp-tanh", (100,)),
+    "cnn-max-12-24-48": ("cnn-max", ((12, 24), 48, True)),
+    "mlp-150-150-150": ("mlp", (150, 150, 150)),
 }
 SPLITS = ((0, 0.25), (1, 0.3), (2, 0.2), (3, 0.35))
 BASELINE_EPOCHS = 100

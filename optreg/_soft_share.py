@@ -49,7 +49,19 @@ from optreg._mixture import (
     negative_log_density,
     recorded_mask,
 )
-from optreg._soft_share_grid import GridCache, build_cache, cached_gradients, empty_cache, exact_pair
+from optreg._soft_share_grid import (
+    GridCache,
+    cached_gradients,
+    empty_cache,
+    exact_pair,
+    fast_pair,
+    grid_over,
+    grid_points,
+    histogram_gradient,
+    range_of,
+    table_on,
+    terms_at,
+)
 from optreg._tree import Mask
 
 #: Ullrich et al.'s Adam step sizes for (means, log_precisions, mixing_logits).
@@ -180,8 +192,7 @@ def _initial_mixture(
     if init_range is not None:
         low, high = jnp.float32(init_range[0]), jnp.float32(init_range[1])
     elif weights:
-        low = jnp.min(jnp.stack([jnp.min(w) for w in weights])).astype(jnp.float32)
-        high = jnp.max(jnp.stack([jnp.max(w) for w in weights])).astype(jnp.float32)
+        low, high = (bound.astype(jnp.float32) for bound in range_of(weights))
     else:
         low, high = jnp.float32(-1.0), jnp.float32(1.0)
     means = jnp.concatenate([jnp.zeros([1], jnp.float32), jnp.linspace(low, high, num_components - 1)])
@@ -245,26 +256,32 @@ def _refreshed_step(weights: list[jax.Array], state: MixtureState, mixture: Mixt
                     mixture_step: Callable[[MixtureParams], tuple[MixtureParams, Any]]) -> tuple[list, Any, Any, Any]:
     """The fast path with ``refresh_every = every > 1``: (weight gradients, stepped mixture, optimizer state, cache).
 
-    One conditional per update: on a refresh (every ``every``-th update, or when the state's mixture is
-    not the one its cached table was built for, e.g. edited by hand) it builds the table and histogram
-    for the incoming mixture, steps the mixture and builds the table of the new one for the next
-    updates; otherwise it passes the state through. The weight gradients come from the incoming
-    mixture's table either way.
+    One conditional per update. On a refresh (every ``every``-th update, or when the state's mixture is
+    not the one its cached table was built for: the first update, or a state edited by hand) it lays a
+    grid over the weights' current range, takes the mixture's gradient from their histogram on it,
+    steps the mixture and builds the new mixture's table on the same grid for the next updates;
+    otherwise it passes the state through. The weight gradients come from the incoming mixture's
+    table either way: the cached one (built for it at the last refresh), or on a stale state one
+    built now.
     """
     cached: GridCache = state.cache
     stale = jnp.any(jnp.stack([jnp.any(a != b) for a, b in zip(cached.mixture, mixture)]))
 
     def refresh(_: Any) -> tuple[GridCache, GridCache, MixtureParams, Any]:
-        now, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
-        stepped, optimizer_state = mixture_step(data)
-        after, _ = build_cache(weights, stepped, jax.nn.log_softmax(stepped.mixing_logits), learned, grid_size, False)
+        grid = grid_over(weights, grid_size)
+        points = grid_points(grid)
+        stepped, optimizer_state = mixture_step(histogram_gradient(weights, grid, terms_at(points, mixture, learned)))
+        stepped_log_mixing = jax.nn.log_softmax(stepped.mixing_logits)
+        after = table_on(grid, terms_at(points, stepped, stepped_log_mixing), stepped)
+        now = jax.lax.cond(stale, lambda _: table_on(grid, terms_at(points, mixture, log_mixing), mixture),
+                           lambda _: cached, None)
         return now, after, stepped, optimizer_state
 
     def keep(_: Any) -> tuple[GridCache, GridCache, MixtureParams, Any]:
         return cached, cached, mixture, state.optimizer
 
     now, after, stepped, optimizer_state = jax.lax.cond((state.count % every == 0) | stale, refresh, keep, None)
-    return cached_gradients(weights, now, grid_size), stepped, optimizer_state, after
+    return cached_gradients(weights, now), stepped, optimizer_state, after
 
 
 def _gradient_pair(weights: list[jax.Array], mixture: MixtureParams, log_mixing: jax.Array, learned: jax.Array,
@@ -274,8 +291,7 @@ def _gradient_pair(weights: list[jax.Array], mixture: MixtureParams, log_mixing:
         return [], MixtureParams(*(jnp.zeros_like(field) for field in mixture))
     if mode == "exact":
         return exact_pair(weights, mixture, log_mixing, learned)
-    cache, data = build_cache(weights, mixture, log_mixing, learned, grid_size, True)
-    return cached_gradients(weights, cache, grid_size), data
+    return fast_pair(weights, mixture, log_mixing, learned, grid_size)
 
 
 @_legacy_keywords(_TRANSFORM_SPELLING)

@@ -99,10 +99,20 @@ class Grid(NamedTuple):
 MARGIN = 0.05
 
 
+def range_of(weights: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(min, max) over every weight of every leaf, one pass over each leaf (a two-output reduction:
+    on XLA:CPU half the time of a min and a max)."""
+    def extremes(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jax.lax.reduce((w, w), (jnp.array(jnp.inf, w.dtype), jnp.array(-jnp.inf, w.dtype)),
+                              lambda a, b: (jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])), tuple(range(w.ndim)))
+
+    lows, highs = zip(*(extremes(w) for w in weights))
+    return jnp.min(jnp.stack(lows)), jnp.max(jnp.stack(highs))
+
+
 def grid_over(weights: Sequence[jax.Array], size: int) -> Grid:
     """``size`` points evenly spanning the global [min w, max w] of all selected weights, plus the margin."""
-    low = jnp.min(jnp.stack([jnp.min(w) for w in weights]))
-    high = jnp.max(jnp.stack([jnp.max(w) for w in weights]))
+    low, high = range_of(weights)
     width = jnp.maximum(high - low, 1e-6 * jnp.maximum(1.0, jnp.maximum(jnp.abs(low), jnp.abs(high))))
     low, width = low - MARGIN * width, (1.0 + 2.0 * MARGIN) * width
     return Grid(low, width / (size - 1), size)
@@ -113,11 +123,15 @@ def grid_points(grid: Grid) -> jax.Array:
 
 
 def hermite_table(terms: Terms, step: jax.Array) -> jax.Array:
-    """Cubic Hermite coefficients of g on each grid cell, shape (4, G − 1), in closed form.
+    """Cubic Hermite coefficients of g, shape (4, G + 1): the G − 1 cells of the grid between two
+    linear end cells, in closed form.
 
     On cell k with s ∈ [0, 1]: g ≈ c0 + s·(c1 + s·(c2 + s·c3)), matching g and g' at both
     ends (g' in the variance form, which does not cancel). Autodiff of the same expressions
-    costs several times more at G = 4096, K = 17.
+    costs several times more at G = 4096, K = 17. The end cells hold g and g' at the first and
+    the last grid point with c2 = c3 = 0: evaluated at s = the distance from that point (in
+    cells) they are the tangent there, so a weight off the grid gets the linear extrapolation by
+    the same arithmetic as one on it (no second polynomial, no branch).
     """
     r = terms.responsibility
     value = jnp.clip(jnp.sum(r * terms.pull, axis=-1), -MAX, MAX)
@@ -125,32 +139,54 @@ def hermite_table(terms: Terms, step: jax.Array) -> jax.Array:
     slope = jnp.sum(r * terms.precisions, axis=-1) - jnp.sum(r * spread, axis=-1)
     slope = jnp.clip(slope * step, -MAX, MAX)
     g0, g1, d0, d1 = value[:-1], value[1:], slope[:-1], slope[1:]
-    table = jnp.stack([g0, d0, 3.0 * (g1 - g0) - 2.0 * d0 - d1, 2.0 * (g0 - g1) + d0 + d1])
+    zero = jnp.zeros([1], value.dtype)
+    table = jnp.stack([
+        jnp.concatenate([value[:1], g0, value[-1:]]),
+        jnp.concatenate([slope[:1], d0, slope[-1:]]),
+        jnp.concatenate([zero, 3.0 * (g1 - g0) - 2.0 * d0 - d1, zero]),
+        jnp.concatenate([zero, 2.0 * (g0 - g1) + d0 + d1, zero]),
+    ])
     # |c_i| <= max/4 keeps Horner's rule for s in [0, 1] finite (only astronomically wide grids get there).
     return jnp.clip(table, -MAX / 4, MAX / 4)
 
 
-def cell_of(w: jax.Array, low: jax.Array, step: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
-    """Cell index k in [0, G − 2] and position s of each weight (s outside [0, 1] off the grid).
+#: How far (in cells) beyond the grid a position is clipped: a finite weight whose distance to the
+#: grid overflows float32 still gets a finite position, and a finite extrapolation (never inf · 0).
+FAR = 2.0**24
 
-    A product with 1/step and a truncating cast of the clipped position (= floor, as it is >= 0):
-    on XLA:CPU a division and a floor per weight cost as much as the rest of the interpolation.
+
+def position_on(w: jax.Array, low: jax.Array, step: jax.Array) -> jax.Array:
+    """t = (w − low) / step, the weight's position in cells from the first grid point (clipped to ±FAR).
+
+    A product with 1/step: on XLA:CPU a division per weight costs as much as the rest of the
+    interpolation.
     """
-    t = (w - low) * (1.0 / step)
+    return jnp.clip((w - low) * (1.0 / step), -FAR, FAR)
+
+
+def cell_of(t: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Cell index k in [0, G − 2] of a position t, and t − k (outside [0, 1] off the grid).
+
+    A truncating cast of the clipped position (= floor, as it is >= 0): cheaper than a floor on XLA:CPU.
+    """
     cell = jnp.clip(t, 0.0, size - 2.0).astype(jnp.int32)
     return cell, t - cell
 
 
-def interpolate(table: jax.Array, cell: jax.Array, s: jax.Array) -> jax.Array:
-    """The cubic on the weight's cell; off the grid, its tangent at the grid's end (linear extrapolation)."""
+def interpolate(table: jax.Array, w: jax.Array, low: jax.Array, step: jax.Array) -> jax.Array:
+    """g(w) from a (4, G + 1) table: the cubic on the weight's cell, the tangent beyond the grid."""
+    size = table.shape[1] - 1
+    t = position_on(w, low, step)
+    cell, s = cell_of(t, size)
+    above = t > size - 1.0
+    origin = cell + above  # the first grid point, a cell's left end, or the last grid point
+    entry = origin + 1 - (t < 0.0)  # the table's column: 0 and G are the end cells
+    s = jnp.where(above, t - origin, s)  # on the grid (and below it) s = t − cell
     # One gather per coefficient, laid out like the weights (no gather across shards; four 1-D gathers
-    # are faster on XLA:CPU than one gather of 4-vectors).
-    sharding = _tree.sharding_of(cell)
-    c0, c1, c2, c3 = (table[i].at[cell].get(out_sharding=sharding) for i in range(4))
-    inside = jnp.clip(s, 0.0, 1.0)
-    value = c0 + inside * (c1 + inside * (c2 + inside * c3))
-    slope = c1 + inside * (2.0 * c2 + 3.0 * inside * c3)
-    value = value + jnp.clip(slope * (s - inside), -MAX, MAX)
+    # are faster on XLA:CPU than one gather of 4-vectors, or two of complex pairs).
+    sharding = _tree.sharding_of(entry)
+    c0, c1, c2, c3 = (table[i].at[entry].get(out_sharding=sharding) for i in range(4))
+    value = c0 + s * (c1 + s * (c2 + s * c3))
     # Dividing by 1 + 0·s (exactly 1 for finite s) makes the result an "expensive" value that XLA
     # writes once rather than recomputes in each consumer. Without it, in chain(soft_share_prior, adam)
     # XLA:CPU evaluates the cubic (and its gathers) again in each of Adam's moment loops.
@@ -172,7 +208,7 @@ def histogram(cells: Sequence[tuple[jax.Array, jax.Array]], size: int, dtype: jn
 class GridCache(NamedTuple):
     """The fast path's table, kept in the state between refreshes: valid for ``mixture`` only."""
 
-    table: jax.Array  # (4, G − 1) Hermite coefficients
+    table: jax.Array  # (4, G + 1) Hermite coefficients (see hermite_table)
     low: jax.Array  # the grid's first point
     step: jax.Array  # the grid's spacing
     mixture: MixtureParams  # the mixture the table was built for (NaN: none yet)
@@ -182,32 +218,39 @@ def empty_cache(num_components: int, grid_size: int) -> GridCache:
     def nan() -> jax.Array:  # three distinct buffers: a donated state must not hold one buffer twice
         return jnp.full([num_components], jnp.nan, jnp.float32)
 
-    return GridCache(jnp.zeros([4, grid_size - 1], jnp.float32), jnp.zeros([], jnp.float32),
+    return GridCache(jnp.zeros([4, grid_size + 1], jnp.float32), jnp.zeros([], jnp.float32),
                      jnp.ones([], jnp.float32), MixtureParams(nan(), nan(), nan()))
+
+
+def table_on(grid: Grid, terms: Terms, mixture: MixtureParams) -> GridCache:
+    """The table of ``mixture`` on ``grid`` (``terms``: the mixture at the grid's points, with its own π)."""
+    return GridCache(hermite_table(terms, grid.step).astype(jnp.float32), grid.low.astype(jnp.float32),
+                     grid.step.astype(jnp.float32), MixtureParams(*(f.astype(jnp.float32) for f in mixture)))
+
+
+def histogram_gradient(weights: Sequence[jax.Array], grid: Grid, terms: Terms) -> MixtureParams:
+    """The mixture's gradient Σ_i ∂(−log p(w_i))/∂(μ, log λ, log π), each weight at its nearest grid point."""
+    counts = histogram([cell_of(position_on(w, grid.low, grid.step), grid.size) for w in weights], grid.size,
+                       terms.responsibility.dtype)
+    return mixture_gradient(terms, counts)
 
 
 def build_cache(
     weights: Sequence[jax.Array], mixture: MixtureParams, log_mixing: jax.Array, learned_log_mixing: jax.Array,
-    grid_size: int, with_statistics: bool,
+    grid_size: int,
 ) -> tuple[GridCache, MixtureParams]:
-    """A table over the weights' current range for ``mixture``, and (``with_statistics``) the mixture's
-    gradient from the histogram of the weights on the same grid (else zeros)."""
+    """A table over the weights' current range for ``mixture``, and the mixture's gradient from the
+    histogram of the weights on the same grid (with the π the mixture update parameterises)."""
     grid = grid_over(weights, grid_size)
     points = grid_points(grid)
     terms = terms_at(points, mixture, log_mixing)
-    cache = GridCache(hermite_table(terms, grid.step).astype(jnp.float32), grid.low.astype(jnp.float32),
-                      grid.step.astype(jnp.float32), MixtureParams(*(f.astype(jnp.float32) for f in mixture)))
-    if not with_statistics:
-        return cache, MixtureParams(*(jnp.zeros_like(field) for field in mixture))
-    counts = histogram([cell_of(w, grid.low, grid.step, grid_size) for w in weights], grid_size, points.dtype)
     data_terms = terms if learned_log_mixing is log_mixing else terms_at(points, mixture, learned_log_mixing)
-    return cache, mixture_gradient(data_terms, counts)
+    return table_on(grid, terms, mixture), histogram_gradient(weights, grid, data_terms)
 
 
-def cached_gradients(weights: Sequence[jax.Array], cache: GridCache, grid_size: int) -> list[jax.Array]:
+def cached_gradients(weights: Sequence[jax.Array], cache: GridCache) -> list[jax.Array]:
     """g(w) for every weight from the cached table."""
-    return [interpolate(cache.table, *cell_of(w, cache.low, cache.step, grid_size)).astype(w.dtype)
-            for w in weights]
+    return [interpolate(cache.table, w, cache.low, cache.step).astype(w.dtype) for w in weights]
 
 
 def fast_pair(
@@ -215,5 +258,5 @@ def fast_pair(
     grid_size: int,
 ) -> tuple[list[jax.Array], MixtureParams]:
     """(weight gradients, mixture gradient) from the grid: the same pair as :func:`exact_pair`, to ~1e-4."""
-    cache, data = build_cache(weights, mixture, log_mixing, learned_log_mixing, grid_size, True)
-    return cached_gradients(weights, cache, grid_size), data
+    cache, data = build_cache(weights, mixture, log_mixing, learned_log_mixing, grid_size)
+    return cached_gradients(weights, cache), data

@@ -650,8 +650,11 @@ class Runner:
                     bad.append(f"{name}: {leaf.sharding.spec} shard {mine}, param {param.sharding.spec} shard {theirs}")
             smallest = min(leaf.size for leaf in jax.tree.leaves(params) if AXIS in fsdp_spec(leaf.shape))
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-                # a replicated leaf smaller than any sharded parameter is mixture- or unit-sized (a table)
-                if leaf.size >= max(MIN_SHARDED_SIZE, smallest) and leaf.sharding.is_fully_replicated:
+                # a replicated leaf smaller than any sharded parameter is mixture- or unit-sized; soft
+                # sharing's table (4 x (G + 1), G the grid's points) is sized by the grid, not by the params
+                grid_sized = path_to_string(path).endswith("cache/table")
+                if leaf.size >= max(MIN_SHARDED_SIZE, smallest) and leaf.sharding.is_fully_replicated \
+                        and not grid_sized:
                     bad.append(f"{path_to_string(path)}: {leaf.shape} replicated on every device")
             assert not bad, f"{label}: {bad}"
             details.append(f"{label}: {len(pairs)} state leaves mirror params")

@@ -377,6 +377,32 @@ def test_no_nan_for_hostile_weights(mode, case):
         assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state))
 
 
+def test_weights_off_the_grid_get_its_tangent_and_stay_finite():
+    """Between refreshes the table is the last refresh's; a weight beyond its grid gets the tangent of g at
+    the grid's end, in float64 from the closed form, and a finite value however far it went."""
+    rng = np.random.default_rng(5)
+    inside = rng.uniform(-0.5, 0.5, 400).astype(np.float32)
+    inside[:2] = [-0.5, 0.5]
+    tx = optreg.soft_share_prior(1.0, K, refresh_every=4)
+    step = jax.jit(tx.update)
+    _, state = step({"w": jnp.zeros(400)}, trained_like_state(tx, {"w": jnp.asarray(inside)}), {"w": inside})
+    high, low = 0.5 + 0.05, -0.5 - 0.05  # the refresh's grid: the weights' range widened by 5 % on each side
+    beyond = np.array([0.6, 0.8, 1.5, -0.62, -1.2], np.float64)
+    far = np.array([1e4, -1e12, 1e30, -3e38, 3e38], np.float32)
+    moved = np.concatenate([beyond, far, inside[: 400 - beyond.size - far.size]]).astype(np.float32)
+    added, _ = step({"w": jnp.zeros(400)}, state, {"w": jnp.asarray(moved)})
+    added = np.asarray(added["w"])
+    assert np.all(np.isfinite(added))
+    h = 1e-6
+    for end in (low, high):
+        side = beyond[(beyond > high) if end == high else (beyond < low)]
+        slope = (numpy_weight_gradient(np.array([end + h]), state) - numpy_weight_gradient(np.array([end - h]), state))
+        tangent = numpy_weight_gradient(np.array([end]), state) + slope / (2 * h) * (side - end)
+        got = added[: beyond.size][np.isin(beyond, side)]
+        np.testing.assert_allclose(got, tangent, rtol=1e-3)
+    assert np.all(np.sign(added[beyond.size:beyond.size + far.size]) == np.sign(far))  # pulled back towards 0
+
+
 def test_orbax_round_trip_continues_identically(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     params = weights_tree()
