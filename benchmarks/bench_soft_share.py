@@ -203,7 +203,7 @@ def end_to_end_cases(k: int = 17, variants: Optional[dict[str, dict]] = None) ->
 
 
 def cost_split(sizes: tuple[int, ...] = (2**10, 2**14, 2**17, 2**20), ks: tuple[int, ...] = (5, 17, 65),
-               refreshes: tuple[int, ...] = (1, 8), rounds: int = 6, min_time_s: float = 0.01) -> list[dict]:
+               refreshes: tuple[int, ...] = (1, 8, 16), rounds: int = 6, min_time_s: float = 0.01) -> list[dict]:
     """time(N) = fixed + per_weight·N of ``soft_share_prior.update`` alone (fast mode), fitted per K and k.
 
     The fixed part is what does not grow with N (the table over the grid, the mixture's step; with

@@ -70,10 +70,13 @@ DEFAULT_LEARNING_RATES = MixtureParams(3e-4, 3e-3, 3e-3)
 _TRANSFORM_SPELLING = "soft_share_prior(weight_decay=τ, num_components=K)"
 _PENALTY_SPELLING = "soft_share_penalty(params, weight_decay=τ, state=state)"
 #: The mixture's step, the histogram and the fast mode's table are refreshed every this many updates
-#: (``refresh_every=None``), except on GPUs: there XLA's conditional that skips a refresh costs more than
-#: the refresh itself (the transform alone on an NVIDIA H200, K = 17: 112 µs per update when refreshing
-#: every update, 177 µs every 8th; benchmarks/results/gpu_h200_soft_share_end_to_end.txt).
-DEFAULT_REFRESH_EVERY = 8
+#: (``refresh_every=None``): a refresh costs about 2 ms on a 2-core CPU (LeNet-300-100, G = 4096, K = 17),
+#: as much as three updates' interpolation; a Flax train step of LeNet-300-100 took 1.40-1.48x Adam's at
+#: 16, 1.48-1.55x at 8 (benchmarks/bench_soft_share.py, two runs, each interleaved). Except on GPUs:
+#: there XLA's conditional that skips a refresh costs more than the refresh itself (the transform alone
+#: on an NVIDIA H200, K = 17: 112 µs per update when refreshing every update, 177 µs every 8th;
+#: benchmarks/results/gpu_h200_soft_share_end_to_end.txt).
+DEFAULT_REFRESH_EVERY = 16
 #: JAX's name of a GPU backend (CUDA and ROCm alike).
 _GPU_BACKEND = "gpu"
 
@@ -344,7 +347,7 @@ def soft_share_prior(
       mode: ``"fast"`` (tabulated gradient, histogram sums: O(G·K + N)) or ``"exact"`` (O(N·K)).
       grid_size: G, the fast mode's grid points (static, >= 16).
       refresh_every: k >= 1 (static), or None (default): k = 1 when JAX's default backend is a GPU,
-        8 otherwise, chosen at the first ``init`` (so a state made on a GPU has no ``cache`` and one
+        16 otherwise, chosen at the first ``init`` (so a state made on a GPU has no ``cache`` and one
         made on a CPU has one: pass k explicitly for a checkpoint that moves between them). The
         mixture's step, and in the fast mode the weights' histogram
         and the table over the grid, are done every k-th update (the first included); the weight
@@ -353,7 +356,7 @@ def soft_share_prior(
         at its next update). On a
         refresh the grid spans the weights' range plus 5 % on each side; a weight that leaves it
         before the next refresh gets the table's tangent at the end (linear extrapolation). On a
-        CPU, 8 makes the fixed per-step cost (table, histogram, mixture step) 8 times smaller; on a
+        CPU, 16 makes the fixed per-step cost (table, histogram, mixture step) 16 times smaller; on a
         GPU the conditional that skips a refresh costs more than the refresh (an NVIDIA H200, K = 17:
         112 µs per update at k = 1, 177 µs at k = 8), hence 1 there.
       mask: optax-style mask (None: every floating leaf). The mixture is shared by, and its

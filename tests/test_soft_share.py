@@ -136,9 +136,9 @@ def test_table_kept_between_refreshes_is_the_current_mixtures():
         state = new_state
 
 
-@pytest.mark.parametrize("backend, every", [("gpu", 1), ("cpu", 8), ("tpu", 8)])
+@pytest.mark.parametrize("backend, every", [("gpu", 1), ("cpu", 16), ("tpu", 16)])
 def test_default_refresh_follows_the_backend(monkeypatch, backend, every):
-    """refresh_every=None is k = 1 on a GPU (where XLA's conditional costs more than a refresh), 8 elsewhere;
+    """refresh_every=None is k = 1 on a GPU (where XLA's conditional costs more than a refresh), 16 elsewhere;
     resolved at the first init, not at construction, and with the default mixture optimizer's step sizes times k."""
     params = weights_tree(3)
     tx = optreg.soft_share_prior(1e-3, 5)  # built before the backend is known
