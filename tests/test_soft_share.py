@@ -403,6 +403,19 @@ def test_weights_off_the_grid_get_its_tangent_and_stay_finite():
     assert np.all(np.sign(added[beyond.size:beyond.size + far.size]) == np.sign(far))  # pulled back towards 0
 
 
+@pytest.mark.parametrize("mode, every", [("fast", 1), ("fast", 4), ("exact", 1)])
+def test_an_empty_leaf_is_skipped_not_an_error(mode, every):
+    """A zero-size leaf (e.g. a layer with no units) among the selected ones: its update is empty, the
+    others' are those of the tree without it."""
+    weights = jnp.linspace(-0.5, 0.5, 40)
+    with_empty = {"e": jnp.zeros((0, 3)), "w": weights}
+    tx = optreg.soft_share_prior(1e-2, 5, mode=mode, refresh_every=every)
+    updates, state = tx.update(with_empty, tx.init(with_empty), with_empty)
+    alone, alone_state = tx.update({"w": weights}, tx.init({"w": weights}), {"w": weights})
+    assert updates["e"].shape == (0, 3)
+    chex.assert_trees_all_close((updates["w"], state.means), (alone["w"], alone_state.means), rtol=1e-6)
+
+
 def test_orbax_round_trip_continues_identically(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     params = weights_tree()
