@@ -177,11 +177,10 @@ def interpolate(table: jax.Array, w: jax.Array, low: jax.Array, step: jax.Array)
     """g(w) from a (4, G + 1) table: the cubic on the weight's cell, the tangent beyond the grid."""
     size = table.shape[1] - 1
     t = position_on(w, low, step)
-    cell, s = cell_of(t, size)
-    above = t > size - 1.0
-    origin = cell + above  # the first grid point, a cell's left end, or the last grid point
+    cell, _ = cell_of(t, size)
+    origin = cell + (t > size - 1.0)  # the first grid point, a cell's left end, or the last grid point
     entry = origin + 1 - (t < 0.0)  # the table's column: 0 and G are the end cells
-    s = jnp.where(above, t - origin, s)  # on the grid (and below it) s = t − cell
+    s = t - origin  # on the grid, cell_of's t − k to the bit
     # One gather per coefficient, laid out like the weights (no gather across shards; four 1-D gathers
     # are faster on XLA:CPU than one gather of 4-vectors, or two of complex pairs).
     sharding = _tree.sharding_of(entry)
