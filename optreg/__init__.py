@@ -36,7 +36,7 @@ from optreg._proximal import (
     scale_by_learning_rate_and_prox,
 )
 from optreg._soft_share import soft_share_penalty, soft_share_prior
-from optreg._soft_share_compress import SoftShareCompressed, soft_share_compress
+from optreg._soft_share_compress import FloorWarning, SoftShareCompressed, soft_share_compress
 from optreg._spectral import SpectralState, add_spectral_decay, spectral_penalty
 from optreg._storage import CompressionReport, LayerReport, compression_report
 
@@ -55,6 +55,7 @@ __all__ = [
     "AnchorState",
     "CompressionReport",
     "CountState",
+    "FloorWarning",
     "GroupState",
     "LayerDiagnostics",
     "LayerReport",

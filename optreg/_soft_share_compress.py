@@ -68,6 +68,19 @@ WARMUP_FRACTION, HOLD_FRACTION, FINAL_RISE = 0.2, 0.5, 10.0
 DEFAULT_MAX_RATE = 80.0
 RATE_CONTROL_ODDS, RATE_SETTLING = 1.15, 0.03
 RATE_CONTROL_MIN_INTERVAL, ZERO_MIXING_RANGE = 10, (0.9, 0.9995)
+#: ``warn_loss_rise``'s default, in loss units: a mean cross-entropy (nats) that rose more than this while the
+#: network was stored at its floor marked 11 of the 12 digits networks that lost more than 2 points at 40x,
+#: and 1 of the 76 that did not (it lost 2.00; docs/soft-sharing.md).
+DEFAULT_WARN_LOSS_RISE = 0.05
+
+
+class FloorWarning(UserWarning):
+    """:func:`optreg.soft_share_compress` pruned the network to its ``min_rate`` floor and its loss rose.
+
+    The floor may be too high for the network: networks of a few thousand weights keep their
+    accuracy at 20x, not at 40x. Check the stored network's accuracy; if it fell, pass a lower
+    ``min_rate`` (or None). ``warn_loss_rise=None`` turns the check off.
+    """
 
 
 class SoftShareCompressed(NamedTuple):
@@ -118,6 +131,7 @@ class _Settings(NamedTuple):
     far_sigmas: float
     min_rate: Optional[float]
     max_rate: Optional[float]
+    warn_loss_rise: Optional[float]
 
 
 # ----------------------------------------------------------------------------- the float leaves, normalised
@@ -527,6 +541,21 @@ def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[An
     return batches
 
 
+def _warn_if_floor_hurt(losses: dict[str, float], snapped_rate: float, report: CompressionReport,
+                        settings: _Settings) -> None:
+    """A :class:`FloorWarning` when the floor made the fine-tune prune and the loss rose by more than allowed."""
+    if settings.min_rate is None or settings.warn_loss_rise is None or snapped_rate >= settings.min_rate:
+        return
+    if losses["final"] - losses["start"] > settings.warn_loss_rise:
+        warnings.warn(
+            f"soft_share_compress: the snapped network stored at {snapped_rate:.1f}x, below its floor "
+            f"min_rate={settings.min_rate:g}, was pruned to {report.compression_rate:.1f}x, and its mean loss on the "
+            f"first training batches rose from {losses['start']:.4g} to {losses['final']:.4g} (by more than "
+            f"warn_loss_rise={settings.warn_loss_rise:g}): the floor may be too high for a network of {report.size} "
+            f"weights. Check its accuracy; if it fell, pass a lower min_rate (networks of a few thousand weights "
+            f"keep their accuracy at 20) or min_rate=None.", FloorWarning, stacklevel=3)
+
+
 def auto_min_rate(num_weights: int) -> float:
     """``min_rate="auto"``: 40 up to 18 000 quantised weights, then 40·√(N / 18 000), at most 64."""
     growth = math.sqrt(max(1.0, num_weights / AUTO_MIN_RATE_SIZE))
@@ -570,8 +599,11 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     if min_rate is not None and max_rate is not None and max_rate < min_rate:
         raise ValueError(f"soft_share_compress: max_rate must be >= min_rate, got max_rate={max_rate!r} and "
                          f"min_rate={min_rate!r}.")
+    warn_loss_rise = options["warn_loss_rise"]
+    if warn_loss_rise is not None:
+        warn_loss_rise = _positive(warn_loss_rise, "warn_loss_rise")
     return _Settings(prior=options["prior"], kl_threshold=float(kl_threshold), far_sigmas=far_sigmas,
-                     min_rate=min_rate, max_rate=max_rate, **values)
+                     min_rate=min_rate, max_rate=max_rate, warn_loss_rise=warn_loss_rise, **values)
 
 
 def soft_share_compress(
@@ -595,6 +627,7 @@ def soft_share_compress(
     far_sigmas: float = DEFAULT_FAR_SIGMAS,
     min_rate: Union[float, str, None] = "auto",
     max_rate: Union[float, str, None] = "auto",
+    warn_loss_rise: Optional[float] = DEFAULT_WARN_LOSS_RISE,
     validation: Optional[Iterable[Any]] = None,
     callback: Optional[Callable[[str, int, int], None]] = None,
 ) -> SoftShareCompressed:
@@ -647,6 +680,11 @@ def soft_share_compress(
         network the prior would compress further keeps more weights (compressing further costs
         accuracy). Default ``"auto"``: 80, or ``min_rate`` if that is higher; a number sets it;
         None: no ceiling.
+      warn_loss_rise: a :class:`optreg.FloorWarning` is issued when the fine-tune pruned to meet
+        ``min_rate`` (the snapped network stored below it) and the stored network's mean loss on
+        the first training batches exceeds the input's by more than this (``losses["final"] −
+        losses["start"]``, in ``loss_fn``'s units): the floor may be too high for the network.
+        Default 0.05, for a mean cross-entropy in nats; None: no check.
       validation: held-out batches (a finite iterable; its first 256 batches are read once). If
         given, the stored network is chosen by early stopping: the checkpoint of the fine-tune's
         second half (after its pruning) with the lowest mean ``loss_fn`` on them, instead of the
@@ -681,7 +719,8 @@ def soft_share_compress(
         "steps": steps, "finetune_steps": finetune_steps, "learning_rate": learning_rate,
         "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
-        "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate, "num_weights": layout.size()})
+        "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate, "warn_loss_rise": warn_loss_rise,
+        "num_weights": layout.size()})
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
@@ -690,14 +729,16 @@ def soft_share_compress(
     retrained = layout.params(values)
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
+    mask_tree = layout.mask_tree()
+    snapped_rate = compression_report(layout.params(quantized.params), mask=mask_tree).compression_rate
     values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback, held_out)
     final = _meet_floor(layout, _rounded(values, codebooks, keep, False), settings)
     losses["final"] = _mean_loss(loss, final, stream.held)
     if held_out is not None:
         losses["validation"] = _mean_loss(loss, final, held_out)
     stored = layout.params(final)
-    mask_tree = layout.mask_tree()
     report = compression_report(stored, mask=mask_tree)
+    _warn_if_floor_hurt(losses, snapped_rate, report, settings)
     return SoftShareCompressed(
         stored, report, state._replace(mask=jax.tree.map(jnp.asarray, mask_tree)), _relabel(layout, quantized),
         _codebooks(layout, stored), _scales(layout), retrained, losses,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,6 +143,26 @@ def test_the_rate_control_lowers_the_zero_proportion_when_the_prior_compresses_b
     assert steered.report.compression_rate < free.report.compression_rate
 
 
+def test_a_floor_too_high_for_the_network_warns_with_the_fix(trained):
+    """771 weights stored at 100x keep a handful of non-zeros: the loss rises far beyond 0.05 nats."""
+    with pytest.warns(optreg.FloorWarning, match=r"min_rate=100.*rose from .* lower min_rate") as caught:
+        out = optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), steps=60,
+                                         finetune_steps=60, min_rate=100.0)
+    assert out.losses["final"] - out.losses["start"] > 0.05
+    assert out.report.compression_rate >= 100.0
+    assert caught[0].filename == __file__  # points at the caller's line
+
+
+@pytest.mark.parametrize("settings", [{"min_rate": 100.0, "warn_loss_rise": None},
+                                      {"min_rate": 100.0, "warn_loss_rise": 1e6}, {"min_rate": None}])
+def test_no_floor_warning_when_turned_off_allowed_or_without_a_floor(trained, settings):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optreg.FloorWarning)
+        out = optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), steps=60,
+                                         finetune_steps=60, **settings)
+    assert np.isfinite(out.losses["final"])
+
+
 def test_a_floor_above_the_default_ceiling_raises_the_ceiling():
     out = optreg.soft_share_compress(loss_fn, init(3), batches(4), num_examples=len(X), steps=30, finetune_steps=30,
                                      min_rate=90.0)
@@ -176,6 +198,7 @@ def test_a_finite_one_shot_iterator_is_replayed_and_a_list_restarted():
     ({"num_examples": 512, "max_rate": "none"}, "max_rate must be 'auto'"),
     ({"num_examples": 512, "min_rate": 100.0, "max_rate": 80.0}, "max_rate must be >= min_rate"),
     ({"num_examples": 512, "max_rate": 0.0}, "max_rate"),
+    ({"num_examples": 512, "warn_loss_rise": -0.1}, "warn_loss_rise must be a finite number > 0"),
     ({"num_examples": 512, "min_rate": 50.0, "max_rate": 45.0}, "max_rate must be >= min_rate"),
     ({"num_examples": 512, "mask": {"hidden": False, "out": False, "step": False}}, "no floating leaf"),
 ])
