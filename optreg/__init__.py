@@ -36,7 +36,7 @@ from optreg._proximal import (
     scale_by_learning_rate_and_prox,
 )
 from optreg._soft_share import soft_share_penalty, soft_share_prior
-from optreg._soft_share_compress import FloorWarning, SoftShareCompressed, soft_share_compress
+from optreg._soft_share_compress import CompressionWarning, SoftShareCompressed, soft_share_compress
 from optreg._spectral import SpectralState, add_spectral_decay, spectral_penalty
 from optreg._storage import CompressionReport, LayerReport, compression_report
 
@@ -54,8 +54,8 @@ __getattr__ = forwarder("optreg", {
 __all__ = [
     "AnchorState",
     "CompressionReport",
+    "CompressionWarning",
     "CountState",
-    "FloorWarning",
     "GroupState",
     "LayerDiagnostics",
     "LayerReport",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from typing import Any, Iterable, Iterator
 
 import jax
@@ -37,8 +38,16 @@ class Batches:
     """
 
     def __init__(self, source: Iterable[Any], num_examples: int) -> None:
+        if hasattr(source, "shape") and hasattr(source, "dtype"):
+            raise TypeError(f"soft_share_compress: batches must be an iterable of batches, got one array of shape "
+                            f"{tuple(source.shape)}; pass e.g. [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), "
+                            "64)].")
+        try:
+            self._iterator: Iterator[Any] = iter(source)
+        except TypeError:
+            raise TypeError(f"soft_share_compress: batches must be an iterable of batches (a list, a generator), got "
+                            f"{type(source).__name__}.") from None
         self._source = source
-        self._iterator: Iterator[Any] = iter(source)
         first = next(self._iterator, _END)
         if first is _END:
             raise ValueError("soft_share_compress: batches yielded no batch.")
@@ -70,8 +79,17 @@ class Batches:
             batch = _END if restarted is self._iterator else next(restarted, _END)
             if batch is _END:
                 self._replay = 1
+                self._warn_if_short()
                 return self.cache[0]
             self._iterator = restarted
         if len(self.cache) < self._limit:
             self.cache.append(batch)
         return batch
+
+    def _warn_if_short(self) -> None:
+        """A one-shot source that ended before one epoch of ``num_examples``: what is replayed is less data."""
+        if len(self.cache) < self._limit:
+            warnings.warn(
+                f"soft_share_compress: batches ended after {len(self.cache)} batches, fewer than the "
+                f"{self.steps_per_epoch} of one epoch (num_examples / batch size {self.batch_size}); they are "
+                f"replayed. Pass a list or an endless generator, or the num_examples they cover.", stacklevel=5)

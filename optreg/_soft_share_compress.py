@@ -68,18 +68,20 @@ WARMUP_FRACTION, HOLD_FRACTION, FINAL_RISE = 0.2, 0.5, 10.0
 DEFAULT_MAX_RATE = 80.0
 RATE_CONTROL_ODDS, RATE_SETTLING = 1.15, 0.03
 RATE_CONTROL_MIN_INTERVAL, ZERO_MIXING_RANGE = 10, (0.9, 0.9995)
-#: ``warn_loss_rise``'s default, in loss units: a mean cross-entropy (nats) that rose more than this while the
-#: network was stored at its floor marked 11 of the 12 digits networks that lost more than 2 points at 40x,
-#: and 1 of the 76 that did not (it lost 2.00; docs/soft-sharing.md).
+#: ``warn_loss_rise``'s default, in loss units: a mean cross-entropy (nats) that rose more than this marked
+#: 11 of the 12 digits networks that lost more than 2 points at 40x (each pruned to its floor), and 1 of
+#: the 76 that did not (it lost 2.00; docs/soft-sharing.md).
 DEFAULT_WARN_LOSS_RISE = 0.05
 
 
-class FloorWarning(UserWarning):
-    """:func:`optreg.soft_share_compress` pruned the network to its ``min_rate`` floor and its loss rose.
+class CompressionWarning(UserWarning):
+    """The network :func:`optreg.soft_share_compress` stored has a higher training loss than its input.
 
-    The floor may be too high for the network: networks of a few thousand weights keep their
-    accuracy at 20x, not at 40x. Check the stored network's accuracy; if it fell, pass a lower
-    ``min_rate`` (or None). ``warn_loss_rise=None`` turns the check off.
+    Its message says by how much and what to change: when the fine-tune had to prune to meet
+    ``min_rate``, the floor may be too high for the network (networks of a few thousand weights
+    keep their accuracy at 20x, not at 40x); otherwise the prior took weights the network needs
+    (too few steps, too strong a ``weight_decay``, or leaves such as normalisation scales that
+    are better left out of the mask). ``warn_loss_rise=None`` turns the check off.
     """
 
 
@@ -144,6 +146,7 @@ class _Layout:
         _tree.check_real(params)
         self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
         self.paths = _tree.leaf_paths(params)
+        _check_leaves(self.paths, self.leaves)
         selected = _tree.resolve_mask(mask, params)
         self.floating = [i for i, leaf in enumerate(self.leaves) if _tree.is_floating(leaf)]
         self.quantised = [selected[i] for i in self.floating]
@@ -168,15 +171,44 @@ class _Layout:
             leaves[index] = value
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
-    def size(self) -> int:
-        """The number of quantised weights."""
-        return sum(int(np.size(self.leaves[i])) for i, keep in zip(self.floating, self.quantised) if keep)
+    def size(self, quantised: bool = True) -> int:
+        """The number of quantised weights (or of the floating ones left out of the mask)."""
+        return sum(int(np.size(self.leaves[i])) for i, keep in zip(self.floating, self.quantised)
+                   if keep == quantised)
 
     def mask_tree(self) -> Any:
         flags = [False] * len(self.leaves)
         for index, keep in zip(self.floating, self.quantised):
             flags[index] = keep
         return jax.tree_util.tree_unflatten(self.treedef, flags)
+
+
+def _check_leaves(paths: list[str], leaves: list[Any]) -> None:
+    """Every leaf an array or a number, every floating one finite (else training is silently meaningless)."""
+    for path, leaf in zip(paths, leaves):
+        if not (hasattr(leaf, "dtype") or isinstance(leaf, numbers.Number)):
+            raise TypeError(
+                f"soft_share_compress: params leaf {path!r} is a {type(leaf).__name__}, not an array; pass the "
+                "arrays only and close over the rest in loss_fn (Equinox: params, static = eqx.partition(model, "
+                "eqx.is_array), and eqx.combine(params, static) inside loss_fn).")
+        if _tree.is_floating(leaf) and not bool(jnp.all(jnp.isfinite(jnp.asarray(leaf)))):
+            raise ValueError(f"soft_share_compress: params leaf {path!r} has non-finite values (NaN or inf); "
+                             "compress a network whose weights are all finite.")
+
+
+def _check_floor_reachable(layout: _Layout, min_rate: Optional[float], spelling: Any) -> None:
+    """The leaves left out of the mask are stored at 32 bits: they alone cap the rate at all / left-out."""
+    left_out = layout.size(quantised=False)
+    if min_rate is None or not left_out:
+        return
+    cap = (layout.size() + left_out) / left_out
+    if min_rate >= cap:
+        asked = f"min_rate={spelling!r} ({min_rate:.1f}x here)" if isinstance(spelling, str) else \
+            f"min_rate={min_rate:g}"
+        raise ValueError(
+            f"soft_share_compress: {asked} cannot be met: the {left_out} floating weights left out of the mask "
+            f"are stored at 32 bits and cap the rate at {cap:.1f}x even if every quantised weight were 0. Select "
+            f"more leaves in mask, or pass min_rate below {cap / 2:.1f} (or None).")
 
 
 def _rms(leaf: Any) -> float:
@@ -518,6 +550,8 @@ def _scales(layout: _Layout) -> Any:
 
 
 def _positive(value: Any, name: str, *, integer: bool = False, fraction: bool = False) -> Any:
+    if not isinstance(value, (bool, np.bool_)) and hasattr(value, "dtype") and np.shape(value) == ():
+        value = np.asarray(value).item()  # a 0-d array, NumPy's or JAX's, is its number
     kinds = (numbers.Integral, np.integer) if integer else (numbers.Real, np.floating, np.integer)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(float(value)) \
             or float(value) <= 0 or (fraction and float(value) >= 1):
@@ -541,19 +575,25 @@ def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[An
     return batches
 
 
-def _warn_if_floor_hurt(losses: dict[str, float], snapped_rate: float, report: CompressionReport,
-                        settings: _Settings) -> None:
-    """A :class:`FloorWarning` when the floor made the fine-tune prune and the loss rose by more than allowed."""
-    if settings.min_rate is None or settings.warn_loss_rise is None or snapped_rate >= settings.min_rate:
+def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: float, report: CompressionReport,
+                       settings: _Settings) -> None:
+    """A :class:`CompressionWarning` when the stored network's loss exceeds the input's by more than allowed."""
+    if settings.warn_loss_rise is None or not losses["final"] - losses["start"] > settings.warn_loss_rise:
         return
-    if losses["final"] - losses["start"] > settings.warn_loss_rise:
-        warnings.warn(
-            f"soft_share_compress: the snapped network stored at {snapped_rate:.1f}x, below its floor "
-            f"min_rate={settings.min_rate:g}, was pruned to {report.compression_rate:.1f}x, and its mean loss on the "
-            f"first training batches rose from {losses['start']:.4g} to {losses['final']:.4g} (by more than "
-            f"warn_loss_rise={settings.warn_loss_rise:g}): the floor may be too high for a network of {report.size} "
-            f"weights. Check its accuracy; if it fell, pass a lower min_rate (networks of a few thousand weights "
-            f"keep their accuracy at 20) or min_rate=None.", FloorWarning, stacklevel=3)
+    rise = (f"soft_share_compress: the stored network's mean loss on the first training batches is "
+            f"{losses['final']:.4g}, the input's {losses['start']:.4g} (a rise of more than warn_loss_rise="
+            f"{settings.warn_loss_rise:g}); check its accuracy. ")
+    if settings.min_rate is not None and snapped_rate < settings.min_rate:
+        cause = (f"The snapped network stored at {snapped_rate:.1f}x, below its floor min_rate={settings.min_rate:g}, "
+                 f"and the fine-tune pruned it to {report.compression_rate:.1f}x: the floor may be too high for a "
+                 f"network of {report.size} weights. If its accuracy fell, pass a lower min_rate (networks of a few "
+                 f"thousand weights keep their accuracy at 20) or min_rate=None.")
+    else:
+        cause = (f"The prior itself (stored at {report.compression_rate:.1f}x without pruning to a floor) took "
+                 f"weights the network needs. If its accuracy fell, train longer (steps, finetune_steps: the "
+                 f"defaults if they were lowered), lower weight_decay, or leave leaves such as normalisation "
+                 f"scales out of the mask.")
+    warnings.warn(rise + cause, CompressionWarning, stacklevel=3)
 
 
 def auto_min_rate(num_weights: int) -> float:
@@ -680,11 +720,11 @@ def soft_share_compress(
         network the prior would compress further keeps more weights (compressing further costs
         accuracy). Default ``"auto"``: 80, or ``min_rate`` if that is higher; a number sets it;
         None: no ceiling.
-      warn_loss_rise: a :class:`optreg.FloorWarning` is issued when the fine-tune pruned to meet
-        ``min_rate`` (the snapped network stored below it) and the stored network's mean loss on
-        the first training batches exceeds the input's by more than this (``losses["final"] −
-        losses["start"]``, in ``loss_fn``'s units): the floor may be too high for the network.
-        Default 0.05, for a mean cross-entropy in nats; None: no check.
+      warn_loss_rise: a :class:`optreg.CompressionWarning` is issued when the stored network's
+        mean loss on the first training batches exceeds the input's by more than this
+        (``losses["final"] − losses["start"]``, in ``loss_fn``'s units); it says whether the
+        floor made the fine-tune prune (then the floor may be too high for the network) and what
+        to change. Default 0.05, for a mean cross-entropy in nats; None: no check.
       validation: held-out batches (a finite iterable; its first 256 batches are read once). If
         given, the stored network is chosen by early stopping: the checkpoint of the fine-tune's
         second half (after its pruning) with the lowest mean ``loss_fn`` on them, instead of the
@@ -713,7 +753,7 @@ def soft_share_compress(
       Prechelt, "Early stopping - but when?", in Neural Networks: Tricks of the Trade, Springer 1998.
     """
     layout = _Layout(params, mask)
-    stream = Batches(batches, num_examples)
+    stream = Batches(batches, _positive(num_examples, "num_examples", integer=True))
     settings = _settings(num_examples, stream, {
         "num_components": num_components, "zero_mixing": zero_mixing, "weight_decay": weight_decay,
         "steps": steps, "finetune_steps": finetune_steps, "learning_rate": learning_rate,
@@ -721,6 +761,7 @@ def soft_share_compress(
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
         "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate, "warn_loss_rise": warn_loss_rise,
         "num_weights": layout.size()})
+    _check_floor_reachable(layout, settings.min_rate, min_rate)
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
@@ -738,7 +779,7 @@ def soft_share_compress(
         losses["validation"] = _mean_loss(loss, final, held_out)
     stored = layout.params(final)
     report = compression_report(stored, mask=mask_tree)
-    _warn_if_floor_hurt(losses, snapped_rate, report, settings)
+    _warn_if_loss_rose(losses, snapped_rate, report, settings)
     return SoftShareCompressed(
         stored, report, state._replace(mask=jax.tree.map(jnp.asarray, mask_tree)), _relabel(layout, quantized),
         _codebooks(layout, stored), _scales(layout), retrained, losses,

@@ -403,6 +403,49 @@ def test_weights_off_the_grid_get_its_tangent_and_stay_finite():
     assert np.all(np.sign(added[beyond.size:beyond.size + far.size]) == np.sign(far))  # pulled back towards 0
 
 
+@pytest.mark.parametrize("every", [1, 16])
+@pytest.mark.parametrize("outlier", [1e3, 1e4, 1e30, 3e38, np.inf])
+def test_one_far_weight_leaves_the_others_gradients_exact(outlier, every):
+    """The grid reaches only 16 σ beyond the mixture's outermost means: a weight far beyond (or inf) no
+    longer stretches it until the other weights share a cell (at 1e4 they were wrong by 90 %), and gets
+    the tangent there, pointing back towards 0 (at 1e30 to 1e-3 of the closed form)."""
+    w = np.random.default_rng(3).normal(0.0, 0.15, 1000).astype(np.float32)
+    tx = optreg.soft_share_prior(1.0, K, refresh_every=every)
+    state = trained_like_state(tx, {"w": jnp.asarray(w)})
+    x = w.copy()
+    x[7] = outlier
+    added = np.asarray(jax.jit(tx.update)({"w": jnp.zeros(1000)}, state, {"w": jnp.asarray(x)})[0]["w"])
+    others = np.delete(np.arange(1000), 7)
+    expected = numpy_weight_gradient(w[others], state)
+    np.testing.assert_allclose(added[others], expected, atol=1e-4 * np.max(np.abs(expected)))
+    assert np.isfinite(added[7]) and added[7] > 0
+    if outlier == 1e30:
+        np.testing.assert_allclose(added[7], numpy_weight_gradient(np.array([1e30]), state)[0], rtol=1e-3)
+
+
+@pytest.mark.parametrize("every", [1, 16])
+def test_a_nan_weight_gets_nan_and_spoils_neither_the_others_nor_the_next_updates(every):
+    """As in the exact mode: NaN in, NaN out for that weight only; the table and the mixture stay clean."""
+    w = np.random.default_rng(4).normal(0.0, 0.15, 500).astype(np.float32)
+    tx = optreg.soft_share_prior(1.0, K, refresh_every=every)
+    state = trained_like_state(tx, {"w": jnp.asarray(w)})
+    x = w.copy()
+    x[11] = np.nan
+    step = jax.jit(tx.update)
+    added, state = step({"w": jnp.zeros(500)}, state, {"w": jnp.asarray(x)})
+    assert np.isnan(added["w"][11]) and int(jnp.sum(jnp.isnan(added["w"]))) == 1
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state))
+    clean, _ = step({"w": jnp.zeros(500)}, state, {"w": jnp.asarray(w)})
+    np.testing.assert_allclose(clean["w"], numpy_weight_gradient(w, state), atol=1e-4 * np.max(np.abs(clean["w"])))
+
+
+def test_a_tree_of_empty_leaves_gets_a_finite_mixture():
+    """No weight to take the range from: the initial means span [-1, 1] as without any selected leaf."""
+    state = optreg.soft_share_prior(1e-3, 5).init({"e": jnp.zeros((0,), jnp.float32)})
+    np.testing.assert_allclose(state.means, [0.0, -1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0], rtol=1e-6)
+    assert all(bool(jnp.all(jnp.isfinite(field))) for field in (state.log_precisions, state.mixing_logits))
+
+
 @pytest.mark.parametrize("mode, every", [("fast", 1), ("fast", 4), ("exact", 1)])
 def test_an_empty_leaf_is_skipped_not_an_error(mode, every):
     """A zero-size leaf (e.g. a layer with no units) among the selected ones: its update is empty, the
@@ -468,6 +511,8 @@ def test_init_is_deterministic_and_follows_the_recipe():
         ({"weight_decay": 1.0, "optimizer": "adam"}, TypeError),
         ({"weight_decay": 1.0, "init_range": (1.0, -1.0)}, ValueError),
         ({"weight_decay": 1.0, "grid_size": 4}, ValueError),
+        ({"weight_decay": 1.0, "grid_size": 2**31}, ValueError),
+        ({"weight_decay": 1.0, "zero_mixing": [0.9]}, ValueError),
         ({"weight_decay": 1.0, "learn_zero_mixing": "yes"}, TypeError),
         ({"weight_decay": 1.0, "num_component": 4}, TypeError),
     ],
@@ -475,6 +520,17 @@ def test_init_is_deterministic_and_follows_the_recipe():
 def test_bad_arguments_raise_at_construction(kwargs, error):
     with pytest.raises(error):
         optreg.soft_share_prior(**kwargs)
+
+
+def test_inject_hyperparams_needs_the_integer_arguments_static_and_says_which():
+    params = {"w": jnp.linspace(-0.5, 0.5, 40)}
+    with pytest.raises(TypeError, match=r"static_args=\('num_components', 'grid_size', 'refresh_every'\)"):
+        optax.inject_hyperparams(optreg.soft_share_prior)(weight_decay=1e-2).init(params)
+    tx = optax.inject_hyperparams(optreg.soft_share_prior, static_args=("num_components", "grid_size",
+                                                                       "refresh_every"))(weight_decay=1e-2)
+    plain = optreg.soft_share_prior(1e-2)
+    chex.assert_trees_all_close(tx.update(params, tx.init(params), params)[0],
+                                plain.update(params, plain.init(params), params)[0], rtol=1e-6)
 
 
 def test_update_without_params_says_how_to_fix():
