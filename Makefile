@@ -19,9 +19,10 @@ demo: $(STAMP)
 	$(BIN)/optreg demo $(ARGS)
 
 # Everything CI checks: lint, docstring examples, the documentation, the test suite, the packages,
-# and the lowest dependency versions pyproject.toml allows.
+# and the lowest dependency versions pyproject.toml allows. --dist loadfile: one worker per module, so
+# a module's fixtures (the demo's quick run, the sharding subprocesses) are built once, not once per worker.
 test: $(STAMP) lint doctest docs
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 	$(MAKE) lowest
 
 lint: $(STAMP)

@@ -8,7 +8,8 @@ r_j(w) = softmax_j ℓ_j(w) and
 
 Everything here is elementwise in the weights, finite for finite input (the
 squared distance λ(w − μ)² is capped), and computed in float32 (float64 for
-float64 weights).
+float64 weights; but the mixture's parameters, τ and the fast mode's table are
+float32, so float64 weights get float32-accurate gradients).
 
 References:
   Nowlan & Hinton, "Simplifying neural networks by soft weight-sharing", Neural Computation 1992.
