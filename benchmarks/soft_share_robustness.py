@@ -62,6 +62,12 @@ ARCHITECTURES: dict[str, tuple[str, tuple]] = {
     "mlp-tanh-100": ("mlp-tanh", (100,)),
     "cnn-max-12-24-48": ("cnn-max", ((12, 24), 48, True)),
     "mlp-150-150-150": ("mlp", (150, 150, 150)),
+    # added with the fast mode's bounded grid and the loss-rise warning, run once on two more new splits
+    "mlp-200-50": ("mlp", (200, 50)),
+    "mlp-tanh-64-64": ("mlp-tanh", (64, 64)),
+    "mlp-400": ("mlp", (400,)),
+    "cnn-max-24-48": ("cnn-max", ((24, 48), 96, True)),
+    "cnn-10-20": ("cnn", ((10, 20), 40, True)),
 }
 SPLITS = ((0, 0.25), (1, 0.3), (2, 0.2), (3, 0.35))
 BASELINE_EPOCHS = 100
