@@ -438,8 +438,10 @@ def _finetune_schedule(rate: float, steps: int) -> optax.Schedule:
 
 def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: Batches, values: list[jax.Array],
               snapped: list[jax.Array], settings: _Settings, callback: Any, validation: Optional[list[Any]] = None,
-              ) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]]]:
+              ) -> tuple[list[jax.Array], list[Optional[jax.Array]], list[Optional[jax.Array]], Optional[float]]:
     """Phase 3: the zeros fixed, the rest rounded to per-leaf codebooks trained through the rounding.
+
+    Returns (values, codebooks, kept pattern, the snapped network's rate: None without a floor).
 
     When the snapped network stores below ``min_rate``, the least salient weights are zeroed on the
     cubic schedule of :mod:`optreg._soft_share_budget` during the first half, each time as many as
@@ -474,8 +476,9 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
         """The network as it would be stored now: the weights rounded to the codebooks, zeros where not kept."""
         return _rounded(t[0], fill(t[1]), keep, False)
 
-    prune = settings.min_rate is not None and \
-        _rate_of_pattern(layout, stored(trainable, keep))(_magnitudes(values, keep)) < settings.min_rate
+    snapped_rate = None if settings.min_rate is None else \
+        _rate_of_pattern(layout, stored(trainable, keep))(_magnitudes(values, keep))
+    prune = snapped_rate is not None and settings.min_rate is not None and snapped_rate < settings.min_rate
     base = sum(int(np.sum(~np.asarray(k))) for k in keep if k is not None)
     carry = (trainable, tx.init(trainable))
     best = None if validation is None else _BestOnValidation(loss, validation, steps)
@@ -490,7 +493,7 @@ def _finetune(layout: _Layout, loss: Callable[[Any, Any], jax.Array], batches: B
     trainable = carry[0]
     if best is not None and best.best is not None:
         _, trainable, keep = best.best
-    return trainable[0], fill(trainable[1]), keep
+    return trainable[0], fill(trainable[1]), keep, snapped_rate
 
 
 def _meet_floor(layout: _Layout, final: list[jax.Array], settings: _Settings) -> list[jax.Array]:
@@ -575,15 +578,16 @@ def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[An
     return batches
 
 
-def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: float, report: CompressionReport,
+def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: Optional[float], report: CompressionReport,
                        settings: _Settings) -> None:
-    """A :class:`CompressionWarning` when the stored network's loss exceeds the input's by more than allowed."""
+    """A :class:`CompressionWarning` when the stored network's loss exceeds the input's by more than allowed
+    (``snapped_rate``: the rate the fine-tune's pruning decision saw, None without a floor)."""
     if settings.warn_loss_rise is None or not losses["final"] - losses["start"] > settings.warn_loss_rise:
         return
     rise = (f"soft_share_compress: the stored network's mean loss on the first training batches is "
             f"{losses['final']:.4g}, the input's {losses['start']:.4g} (a rise of more than warn_loss_rise="
             f"{settings.warn_loss_rise:g}); check its accuracy. ")
-    if settings.min_rate is not None and snapped_rate < settings.min_rate:
+    if snapped_rate is not None and settings.min_rate is not None and snapped_rate < settings.min_rate:
         cause = (f"The snapped network stored at {snapped_rate:.1f}x, below its floor min_rate={settings.min_rate:g}, "
                  f"and the fine-tune pruned it to {report.compression_rate:.1f}x: the floor may be too high for a "
                  f"network of {report.size} weights. If its accuracy fell, pass a lower min_rate (networks of a few "
@@ -770,14 +774,14 @@ def soft_share_compress(
     retrained = layout.params(values)
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
-    mask_tree = layout.mask_tree()
-    snapped_rate = compression_report(layout.params(quantized.params), mask=mask_tree).compression_rate
-    values, codebooks, keep = _finetune(layout, loss, stream, values, quantized.params, settings, callback, held_out)
+    values, codebooks, keep, snapped_rate = _finetune(layout, loss, stream, values, quantized.params, settings,
+                                                      callback, held_out)
     final = _meet_floor(layout, _rounded(values, codebooks, keep, False), settings)
     losses["final"] = _mean_loss(loss, final, stream.held)
     if held_out is not None:
         losses["validation"] = _mean_loss(loss, final, held_out)
     stored = layout.params(final)
+    mask_tree = layout.mask_tree()
     report = compression_report(stored, mask=mask_tree)
     _warn_if_loss_rose(losses, snapped_rate, report, settings)
     return SoftShareCompressed(
