@@ -80,8 +80,7 @@ class CompressionWarning(UserWarning):
     Its message says by how much and what to change: when the fine-tune had to prune to meet
     ``min_rate``, the floor may be too high for the network (networks of a few thousand weights
     keep their accuracy at 20x, not at 40x); otherwise the prior took weights the network needs
-    (too few steps, too strong a ``weight_decay``, or leaves such as normalisation scales that
-    are better left out of the mask). ``warn_loss_rise=None`` turns the check off.
+    (too few steps or too strong a ``weight_decay``). ``warn_loss_rise=None`` turns the check off.
     """
 
 
@@ -144,6 +143,7 @@ class _Layout:
 
     def __init__(self, params: Any, mask: Mask) -> None:
         _tree.check_real(params)
+        _check_no_running_statistics(params)
         self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
         self.paths = _tree.leaf_paths(params)
         _check_leaves(self.paths, self.leaves)
@@ -183,6 +183,21 @@ class _Layout:
         return jax.tree_util.tree_unflatten(self.treedef, flags)
 
 
+def _check_no_running_statistics(params: Any) -> None:
+    """BatchNorm's running statistics are not trained by gradients: refused (Flax's linen and NNX spellings)."""
+    is_statistic = lambda node: any(kind.__name__ == "BatchStat" for kind in type(node).__mro__)  # noqa: E731
+    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_statistic)
+    for path, node in flat:
+        name = _tree.path_to_string(path)
+        if is_statistic(node) or "batch_stats" in name.split("/"):
+            raise ValueError(
+                f"soft_share_compress: params leaf {name!r} is a BatchNorm running statistic (Flax's batch_stats "
+                "collection or an nnx.BatchStat), which gradients do not train: every floating leaf is retrained, "
+                "and one left out of the mask is still fine-tuned. Pass only the trainable parameters "
+                "(variables['params'] in linen, nnx.split(model, nnx.Param, ...) in NNX) and close over the "
+                "statistics in loss_fn, e.g. model.apply({'params': p, 'batch_stats': stats}, x, train=False).")
+
+
 def _check_leaves(paths: list[str], leaves: list[Any]) -> None:
     """Every leaf an array or a number, every floating one finite (else training is silently meaningless)."""
     for path, leaf in zip(paths, leaves):
@@ -196,19 +211,28 @@ def _check_leaves(paths: list[str], leaves: list[Any]) -> None:
                              "compress a network whose weights are all finite.")
 
 
-def _check_floor_reachable(layout: _Layout, min_rate: Optional[float], spelling: Any) -> None:
-    """The leaves left out of the mask are stored at 32 bits: they alone cap the rate at all / left-out."""
-    left_out = layout.size(quantised=False)
+def _check_floor_reachable(layout: _Layout, min_rate: Optional[float]) -> None:
+    """The leaves left out of the mask are stored at 32 bits: they alone cap the rate at all / left-out, and
+    a floor near that cap leaves the quantised leaves almost no bits."""
+    left_out, quantised = layout.size(quantised=False), layout.size()
     if min_rate is None or not left_out:
         return
-    cap = (layout.size() + left_out) / left_out
+    cap, auto = (quantised + left_out) / left_out, auto_min_rate(quantised, left_out)
     if min_rate >= cap:
-        asked = f"min_rate={spelling!r} ({min_rate:.1f}x here)" if isinstance(spelling, str) else \
-            f"min_rate={min_rate:g}"
         raise ValueError(
-            f"soft_share_compress: {asked} cannot be met: the {left_out} floating weights left out of the mask "
-            f"are stored at 32 bits and cap the rate at {cap:.1f}x even if every quantised weight were 0. Select "
-            f"more leaves in mask, or pass min_rate below {cap / 2:.1f} (or None).")
+            f"soft_share_compress: min_rate={min_rate:g} cannot be met: the {left_out} floating weights left out "
+            f"of the mask are stored at 32 bits and cap the whole network's rate at {cap:.1f}x even if every "
+            f"quantised weight were 0. Select more leaves in mask, or pass min_rate='auto' ({auto:.1f}x here: "
+            f"the quantised leaves at the floor they would have alone) or None.")
+    needed = quantised / ((quantised + left_out) / min_rate - left_out)
+    if needed > DEFAULT_MAX_RATE:
+        warnings.warn(
+            f"soft_share_compress: min_rate={min_rate:g} with {left_out} floating weights left out of the mask "
+            f"(stored at 32 bits: {100 * left_out * min_rate / (quantised + left_out):.0f} % of the bits the floor "
+            f"allows) asks the {quantised} quantised weights for {needed:.1f}x, beyond the {DEFAULT_MAX_RATE:g}x "
+            f"ceiling the defaults hold the prior's own compression under (max_rate); the fine-tune may prune most "
+            f"of them. min_rate='auto' ({auto:.1f}x here) gives the quantised leaves the floor they would have alone.",
+            CompressionWarning, stacklevel=3)
 
 
 def _rms(leaf: Any) -> float:
@@ -578,6 +602,24 @@ def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[An
     return batches
 
 
+def _check_finite(losses: dict[str, float], phase: str, settings: _Settings) -> None:
+    """A non-finite data loss stops the call (a NaN network must not be returned as a result)."""
+    value = losses[phase]
+    if np.isfinite(value):
+        return
+    if phase == "start":
+        raise ValueError(f"soft_share_compress: loss_fn of the input params on the first training batches is "
+                         f"{value}; compress a network whose data loss is finite (check loss_fn and the batches).")
+    if phase == "retrained":
+        during, rate = "retraining with the prior", f"learning_rate={settings.learning_rate:g}"
+    else:
+        during, rate = "fine-tuning the codebooks", f"finetune_learning_rate={settings.finetune_learning_rate:g}"
+    raise FloatingPointError(
+        f"soft_share_compress: the data loss became {value} while {during} (the input's: {losses['start']:.4g}). "
+        "If params hold state gradients do not train (running statistics, step counters kept as floats), pass "
+        f"only the trainable parameters and close over the rest in loss_fn; otherwise lower {rate}.")
+
+
 def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: Optional[float], report: CompressionReport,
                        settings: _Settings) -> None:
     """A :class:`CompressionWarning` when the stored network's loss exceeds the input's by more than allowed
@@ -588,22 +630,32 @@ def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: Optional[float], 
             f"{losses['final']:.4g}, the input's {losses['start']:.4g} (a rise of more than warn_loss_rise="
             f"{settings.warn_loss_rise:g}); check its accuracy. ")
     if snapped_rate is not None and settings.min_rate is not None and snapped_rate < settings.min_rate:
+        left_out = [layer for layer in report.layers if not layer.quantized]
+        share = f" (the {sum(layer.size for layer in left_out)} weights left out of the mask take " \
+            f"{100 * sum(layer.bits for layer in left_out) * settings.min_rate / (32 * report.size):.0f} % of the " \
+            f"bits it allows)" if left_out else ""
         cause = (f"The snapped network stored at {snapped_rate:.1f}x, below its floor min_rate={settings.min_rate:g}, "
                  f"and the fine-tune pruned it to {report.compression_rate:.1f}x: the floor may be too high for a "
-                 f"network of {report.size} weights. If its accuracy fell, pass a lower min_rate (networks of a few "
-                 f"thousand weights keep their accuracy at 20) or min_rate=None.")
+                 f"network of {report.size} weights{share}. If its accuracy fell, pass a lower min_rate (networks "
+                 f"of a few thousand weights keep their accuracy at 20) or min_rate=None.")
     else:
         cause = (f"The prior itself (stored at {report.compression_rate:.1f}x without pruning to a floor) took "
                  f"weights the network needs. If its accuracy fell, train longer (steps, finetune_steps: the "
-                 f"defaults if they were lowered), lower weight_decay, or leave leaves such as normalisation "
-                 f"scales out of the mask.")
+                 f"defaults if they were lowered) or lower weight_decay.")
     warnings.warn(rise + cause, CompressionWarning, stacklevel=3)
 
 
-def auto_min_rate(num_weights: int) -> float:
-    """``min_rate="auto"``: 40 up to 18 000 quantised weights, then 40·√(N / 18 000), at most 64."""
+def auto_min_rate(num_weights: int, left_out: int = 0) -> float:
+    """``min_rate="auto"``: 40 up to 18 000 quantised weights, then 40·√(N / 18 000), at most 64, for the
+    quantised leaves; with ``left_out`` floating weights outside the mask (32 bits each), the whole
+    network's rate at which the quantised leaves store at exactly that."""
     growth = math.sqrt(max(1.0, num_weights / AUTO_MIN_RATE_SIZE))
-    return float(min(AUTO_MIN_RATE_CAP, DEFAULT_MIN_RATE * growth))
+    return whole_network_rate(min(AUTO_MIN_RATE_CAP, DEFAULT_MIN_RATE * growth), num_weights, left_out)
+
+
+def whole_network_rate(rate: float, quantised: int, left_out: int) -> float:
+    """The rate of ``quantised`` weights stored at ``rate`` together with ``left_out`` stored at 32 bits."""
+    return float(rate) if not left_out else float((quantised + left_out) / (quantised / rate + left_out))
 
 
 def _rate_bound(value: Any, name: str, auto: Callable[[], float]) -> Optional[float]:
@@ -638,8 +690,10 @@ def _settings(num_examples: Any, batches: Batches, options: dict) -> _Settings:
     kl_threshold = options["kl_threshold"]
     if isinstance(kl_threshold, bool) or not isinstance(kl_threshold, numbers.Real) or not float(kl_threshold) >= 0:
         raise ValueError(f"soft_share_compress: kl_threshold must be a number >= 0, got {kl_threshold!r}.")
-    min_rate = _rate_bound(options["min_rate"], "min_rate", lambda: auto_min_rate(options["num_weights"]))
-    max_rate = _rate_bound(options["max_rate"], "max_rate", lambda: max(DEFAULT_MAX_RATE, min_rate or 0.0))
+    quantised, left_out = options["num_weights"], options["left_out"]
+    min_rate = _rate_bound(options["min_rate"], "min_rate", lambda: auto_min_rate(quantised, left_out))
+    max_rate = _rate_bound(options["max_rate"], "max_rate",
+                           lambda: max(whole_network_rate(DEFAULT_MAX_RATE, quantised, left_out), min_rate or 0.0))
     if min_rate is not None and max_rate is not None and max_rate < min_rate:
         raise ValueError(f"soft_share_compress: max_rate must be >= min_rate, got max_rate={max_rate!r} and "
                          f"min_rate={min_rate!r}.")
@@ -689,13 +743,16 @@ def soft_share_compress(
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, the data term, a mean over the batch
         (no regulariser). It is jitted.
-      params: the trained network (any pytree; floating leaves are trained, others kept).
+      params: the trained network (any pytree; floating leaves are trained, others kept):
+        trainable parameters only. BatchNorm running statistics (Flax's ``batch_stats``, an
+        ``nnx.BatchStat``) are refused: close over them in ``loss_fn``.
       batches: an iterable of batches (pytrees of arrays with a leading batch axis), possibly
         endless. A finite one is restarted when it can be iterated again, else its first
         epoch is replayed.
       num_examples: N, the number of training examples (sets τ's scale and the epoch length).
       mask: optax-style mask of the leaves to quantise (default: every floating leaf, biases
-        included); the others are fine-tuned as floats and stored at 32 bits.
+        and normalisation scales included, which kept the accuracy best on the networks
+        measured); the others are fine-tuned as floats and stored at 32 bits.
       num_components: K of the mixture, the zero component included (default 8: with the
         filler zero, 3-bit codebook indices).
       zero_mixing: π_0, the zero component's proportion at the start; it sets the sparsity
@@ -717,13 +774,15 @@ def soft_share_compress(
         raised when the snapped network stores below it; if it still does after snapping, the
         fine-tune prunes the least salient weights gradually until it does. Default ``"auto"``:
         40 for a network of up to 18 000 quantised weights, 40·√(N / 18 000) beyond, at most 64
-        (from ~46 000 weights); a number sets it; None: only what the prior decided. Networks
-        of a few thousand weights keep their accuracy at 20, not at 40 (the guide,
-        docs/soft-sharing.md, has the measurements).
+        (from ~46 000 weights), for the quantised leaves: leaves left out of ``mask`` add their
+        32 bits per weight on top, and the whole network's floor is lowered to match (a number is
+        the whole network's floor, refused when those leaves alone rule it out); None: only what
+        the prior decided. Networks of a few thousand weights keep their accuracy at 20, not at
+        40 (the guide, docs/soft-sharing.md, has the measurements).
       max_rate: a ceiling on the rate while retraining: above it π_0 is lowered, so that a large
         network the prior would compress further keeps more weights (compressing further costs
-        accuracy). Default ``"auto"``: 80, or ``min_rate`` if that is higher; a number sets it;
-        None: no ceiling.
+        accuracy). Default ``"auto"``: 80 for the quantised leaves (lowered for the whole network
+        like ``min_rate``'s), or ``min_rate`` if that is higher; a number sets it; None: no ceiling.
       warn_loss_rise: a :class:`optreg.CompressionWarning` is issued when the stored network's
         mean loss on the first training batches exceeds the input's by more than this
         (``losses["final"] − losses["start"]``, in ``loss_fn``'s units); it says whether the
@@ -739,6 +798,12 @@ def soft_share_compress(
     Returns:
       A :class:`SoftShareCompressed`: ``params`` (the stored network), ``report``, ``state``,
       ``diagnostics``, ``codebooks``, ``scales``, ``retrained`` and ``losses``.
+
+    Raises:
+      ValueError, TypeError: before training, for bad arguments, leaves or batches (named in the
+        message, with the fix).
+      FloatingPointError: when the data loss becomes non-finite while retraining or fine-tuning
+        (no NaN network is returned).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, optreg
@@ -764,13 +829,15 @@ def soft_share_compress(
         "finetune_learning_rate": finetune_learning_rate, "codebook_learning_rate": codebook_learning_rate,
         "mixture_learning_rate": mixture_learning_rate, "prior": prior, "kl_threshold": kl_threshold,
         "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate, "warn_loss_rise": warn_loss_rise,
-        "num_weights": layout.size()})
-    _check_floor_reachable(layout, settings.min_rate, min_rate)
+        "num_weights": layout.size(), "left_out": layout.size(quantised=False)})
+    _check_floor_reachable(layout, settings.min_rate)
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
     losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
+    _check_finite(losses, "start", settings)
     values, state = _retrain(layout, loss, stream, settings, callback)
     losses["retrained"] = _mean_loss(loss, values, stream.held)
+    _check_finite(losses, "retrained", settings)
     retrained = layout.params(values)
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
@@ -778,6 +845,7 @@ def soft_share_compress(
                                                       callback, held_out)
     final = _meet_floor(layout, _rounded(values, codebooks, keep, False), settings)
     losses["final"] = _mean_loss(loss, final, stream.held)
+    _check_finite(losses, "final", settings)
     if held_out is not None:
         losses["validation"] = _mean_loss(loss, final, held_out)
     stored = layout.params(final)

@@ -175,13 +175,66 @@ def test_no_warning_when_turned_off_allowed_or_the_loss_kept(trained, settings):
         assert out.losses["final"] - out.losses["start"] <= 0.05
 
 
+BIASES_LEFT_OUT = {"hidden": {"kernel": True, "bias": False}, "out": {"kernel": True, "bias": False}, "step": False}
+
+
 def test_a_floor_the_leaves_left_out_of_the_mask_forbid_is_refused_before_training(trained):
     """The 51 biases left out store at 32 bits: 771 weights can never be stored at more than 771 / 51 = 15.1x."""
-    mask = {"hidden": {"kernel": True, "bias": False}, "out": {"kernel": True, "bias": False}, "step": False}
-    with pytest.raises(ValueError, match=r"min_rate='auto' \(40.0x here\) cannot be met.*cap the rate at 15.1x"):
-        optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), mask=mask)
-    with pytest.raises(ValueError, match=r"min_rate=16 cannot be met.*below 7.6"):
-        optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), mask=mask, min_rate=16)
+    with pytest.raises(ValueError, match=r"min_rate=16 cannot be met.*cap the whole network's rate at 15.1x.*"
+                                         r"min_rate='auto' \(11.2x here"):
+        optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), mask=BIASES_LEFT_OUT,
+                                   min_rate=16)
+
+
+def test_a_floor_that_leaves_the_quantised_leaves_few_bits_warns_before_training(trained):
+    """14x over 771 weights allows 1 762 bits, 1 632 of them the 51 float biases': 720 weights at 176.8x."""
+    with pytest.warns(optreg.CompressionWarning, match=r"min_rate=14 with 51 floating weights .*93 % of the bits.*"
+                                                       r"720 quantised weights for 176.8x"):
+        optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), mask=BIASES_LEFT_OUT,
+                                   min_rate=14, steps=20, finetune_steps=20, warn_loss_rise=None)
+
+
+def test_the_automatic_floor_holds_the_quantised_leaves_to_40x_and_counts_the_float_ones_on_top(trained):
+    """Without a mask 720 + 51 weights would be held to 40x; with the biases at 32 bits the quantised kernels
+    are: the whole network's floor is 771 / (720 / 40 + 51) = 11.17x (it was 40x, which only pruning every
+    kernel could approach)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optreg.CompressionWarning)
+        out = optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), mask=BIASES_LEFT_OUT,
+                                         steps=200, finetune_steps=200, warn_loss_rise=None)
+    kernels = [layer for layer in out.report.layers if layer.quantized]
+    assert sum(layer.size for layer in kernels) == 720
+    assert 32 * 720 / sum(layer.bits for layer in kernels) >= 40.0
+    assert out.report.compression_rate >= 771 / (720 / 40 + 51)
+    assert out.report.nonzero - 51 > 0.02 * 720  # kernels not pruned away
+
+
+def test_batchnorm_running_statistics_are_refused_with_the_fix(trained):
+    from flax import nnx
+
+    stats = {"BatchNorm_0": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
+    with pytest.raises(ValueError, match=r"'batch_stats/BatchNorm_0/mean' is a BatchNorm running statistic.*"
+                                         r"variables\['params'\]"):
+        optreg.soft_share_compress(loss_fn, {"params": trained, "batch_stats": stats}, batches(8),
+                                   num_examples=len(X))
+    _, state = nnx.split(nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"'mean' is a BatchNorm running statistic .*nnx.split\(model, nnx.Param"):
+        optreg.soft_share_compress(lambda p, b: 0.0, state, batches(8), num_examples=len(X))
+
+
+def test_a_loss_that_becomes_nan_stops_the_call_instead_of_returning_a_nan_network(trained):
+    """A variance-like leaf the loss takes the square root of is driven below 0 (as a BatchNorm variance
+    fine-tuned as a float would be)."""
+    params = {**trained, "variance": jnp.full(4, 0.05, jnp.float32)}
+    rooted = lambda p, b: loss_fn(p, b) + jnp.sum(jnp.sqrt(p["variance"]))  # noqa: E731
+    with pytest.raises(FloatingPointError, match=r"became nan while retraining with the prior.*learning_rate=0.01"):
+        optreg.soft_share_compress(rooted, params, batches(8), num_examples=len(X), steps=300, finetune_steps=20)
+    float_variance = {**BIASES_LEFT_OUT, "variance": False}
+    with pytest.raises(FloatingPointError, match=r"became nan while fine-tuning.*finetune_learning_rate=0.03"):
+        optreg.soft_share_compress(rooted, params, batches(8), num_examples=len(X), steps=5, finetune_steps=300,
+                                   mask=float_variance, min_rate=None)
+    with pytest.raises(ValueError, match=r"loss_fn of the input params .* is nan"):
+        optreg.soft_share_compress(lambda p, b: loss_fn(p, b) * jnp.nan, trained, batches(8), num_examples=len(X))
 
 
 def test_a_one_shot_source_shorter_than_an_epoch_warns_that_it_is_replayed(trained):
@@ -199,9 +252,8 @@ def test_a_floor_above_the_default_ceiling_raises_the_ceiling():
 
 def test_leaves_outside_the_mask_stay_float_and_count_32_bits():
     params = init(5)
-    mask = {"hidden": {"kernel": True, "bias": False}, "out": {"kernel": True, "bias": False}, "step": False}
     out = optreg.soft_share_compress(loss_fn, params, batches(6), num_examples=len(X), steps=40, finetune_steps=40,
-                                     mask=mask, min_rate=None)
+                                     mask=BIASES_LEFT_OUT, min_rate=None)
     layers = {layer.path: layer for layer in out.report.layers}
     assert not layers["hidden/bias"].quantized and layers["hidden/bias"].bits == 32 * 48
     assert layers["hidden/kernel"].quantized and set(out.codebooks) == {"hidden/kernel", "out/kernel"}
