@@ -29,6 +29,20 @@ def batch_size_of(batch: Any) -> int:
     )
 
 
+def _check_not_a_dataset(source: Any, num_examples: int) -> None:
+    """Refuses the whole dataset, ``(x, y)``, given as the batches: arrays of different shapes, each of
+    ``num_examples`` rows (a sequence of batches holds batches, not one array per field)."""
+    if not isinstance(source, (tuple, list)) or len(source) < 2 or \
+            not all(hasattr(item, "shape") and hasattr(item, "dtype") for item in source):
+        return
+    shapes = [tuple(item.shape) for item in source]
+    if len(set(shapes)) > 1 and all(shape and shape[0] == num_examples for shape in shapes):
+        raise TypeError(
+            f"soft_share_compress: batches is a {type(source).__name__} of {len(source)} arrays of num_examples="
+            f"{num_examples} rows each (shapes {shapes}): the whole dataset, not batches. Pass minibatches, e.g. "
+            "[(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)], or an endless generator of them.")
+
+
 class Batches:
     """Endless batches from ``source``: restarted when it is re-iterable, else its first epoch replayed.
 
@@ -42,6 +56,7 @@ class Batches:
             raise TypeError(f"soft_share_compress: batches must be an iterable of batches, got one array of shape "
                             f"{tuple(source.shape)}; pass e.g. [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), "
                             "64)].")
+        _check_not_a_dataset(source, num_examples)
         try:
             self._iterator: Iterator[Any] = iter(source)
         except TypeError:

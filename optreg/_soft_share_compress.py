@@ -72,6 +72,8 @@ RATE_CONTROL_MIN_INTERVAL, ZERO_MIXING_RANGE = 10, (0.9, 0.9995)
 #: 11 of the 12 digits networks that lost more than 2 points at 40x (each pruned to its floor), and 1 of
 #: the 76 that did not (it lost 2.00; docs/soft-sharing.md).
 DEFAULT_WARN_LOSS_RISE = 0.05
+#: loss(batch given twice) / loss(batch) above this marks a sum over the batch (a mean gives 1, a sum 2).
+SUM_RATIO = 1.5
 
 
 class CompressionWarning(UserWarning):
@@ -143,9 +145,10 @@ class _Layout:
 
     def __init__(self, params: Any, mask: Mask) -> None:
         _tree.check_real(params)
-        _check_no_running_statistics(params)
+        _check_no_layer_state(params)
         self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
         self.paths = _tree.leaf_paths(params)
+        _check_not_traced(self.paths, self.leaves)
         _check_leaves(self.paths, self.leaves)
         selected = _tree.resolve_mask(mask, params)
         self.floating = [i for i, leaf in enumerate(self.leaves) if _tree.is_floating(leaf)]
@@ -183,19 +186,46 @@ class _Layout:
         return jax.tree_util.tree_unflatten(self.treedef, flags)
 
 
-def _check_no_running_statistics(params: Any) -> None:
-    """BatchNorm's running statistics are not trained by gradients: refused (Flax's linen and NNX spellings)."""
-    is_statistic = lambda node: any(kind.__name__ == "BatchStat" for kind in type(node).__mro__)  # noqa: E731
-    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_statistic)
+#: How each library spells layer state that gradients do not train, and the fix for it.
+_LAYER_STATE_FIX = {
+    "flax": "Flax's batch_stats collection or an nnx.BatchStat: pass only the trainable parameters "
+            "(variables['params'] in linen, nnx.split(model, nnx.Param, ...) in NNX) and close over the statistics "
+            "in loss_fn, e.g. model.apply({'params': p, 'batch_stats': stats}, x, train=False)",
+    "equinox": "an eqx.nn.State or StateIndex, e.g. BatchNorm's running statistics: make the model with "
+               "eqx.nn.make_with_state(Model)(...), pass eqx.partition(model, eqx.is_array)[0] and close over the "
+               "state in loss_fn (in inference mode)",
+}
+
+
+def _layer_state_kind(node: Any) -> Optional[str]:
+    """"flax" or "equinox" for layer state holding arrays (an nnx.BatchStat, an Equinox State/StateIndex)."""
+    kind = type(node)
+    if any(base.__name__ == "BatchStat" for base in kind.__mro__):
+        return "flax"
+    if kind.__module__.startswith("equinox") and kind.__name__ in ("State", "StateIndex") and jax.tree.leaves(node):
+        return "equinox"
+    return None
+
+
+def _check_no_layer_state(params: Any) -> None:
+    """Layer state (running statistics) is not trained by gradients: refused, with each library's fix."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda node: _layer_state_kind(node) is not None)
     for path, node in flat:
         name = _tree.path_to_string(path)
-        if is_statistic(node) or "batch_stats" in name.split("/"):
+        kind = _layer_state_kind(node) or ("flax" if "batch_stats" in name.split("/") else None)
+        if kind is not None:
             raise ValueError(
-                f"soft_share_compress: params leaf {name!r} is a BatchNorm running statistic (Flax's batch_stats "
-                "collection or an nnx.BatchStat), which gradients do not train: every floating leaf is retrained, "
-                "and one left out of the mask is still fine-tuned. Pass only the trainable parameters "
-                "(variables['params'] in linen, nnx.split(model, nnx.Param, ...) in NNX) and close over the "
-                "statistics in loss_fn, e.g. model.apply({'params': p, 'batch_stats': stats}, x, train=False).")
+                f"soft_share_compress: params leaf {name!r} is layer state that gradients do not train "
+                f"({_LAYER_STATE_FIX[kind]}). Every floating leaf is retrained, and one left out of the mask is "
+                "still fine-tuned.")
+
+
+def _check_not_traced(paths: list[str], leaves: list[Any]) -> None:
+    for path, leaf in zip(paths, leaves):
+        if isinstance(leaf, jax.core.Tracer):
+            raise TypeError(
+                f"soft_share_compress: params leaf {path!r} is a tracer: soft_share_compress runs its own training "
+                "loop and cannot be traced; call it outside jax.jit, jax.vmap and jax.grad, with concrete arrays.")
 
 
 def _check_leaves(paths: list[str], leaves: list[Any]) -> None:
@@ -602,6 +632,32 @@ def _validation_batches(validation: Optional[Iterable[Any]]) -> Optional[list[An
     return batches
 
 
+def _check_loss_fn(loss_fn: Callable[[Any, Any], Any], params: Any, batch: Any, default_strength: bool) -> None:
+    """``loss_fn`` returns a scalar, and (with the default τ, which assumes it) a mean over the batch, not a sum."""
+    shape = jax.eval_shape(loss_fn, params, batch)
+    if not (isinstance(shape, jax.ShapeDtypeStruct) and shape.shape == ()):
+        got = jax.tree.map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", shape)
+        raise TypeError(
+            f"soft_share_compress: loss_fn(params, batch) must return a scalar, the mean data loss over the batch; "
+            f"got {got}. For a (loss, aux) pair pass lambda p, b: loss_fn(p, b)[0]; for per-example losses take "
+            ".mean().")
+    leaves = jax.tree.leaves(batch)
+    if not default_strength or not leaves or any(np.ndim(leaf) == 0 for leaf in leaves):
+        return
+    try:  # a mean is unchanged when every example appears twice; a sum doubles
+        doubled = jax.tree.map(lambda leaf: jnp.concatenate([leaf, leaf]), batch)
+        once, twice = float(loss_fn(params, batch)), float(loss_fn(params, doubled))
+    except Exception:  # noqa: BLE001  (a loss_fn tied to one batch shape: no check)
+        return
+    if once > 0 and np.isfinite(twice) and twice / once > SUM_RATIO:
+        raise ValueError(
+            f"soft_share_compress: loss_fn looks like a sum over the batch, not a mean: {twice:.4g} on the first "
+            f"batch given twice, {once:.4g} on it once. The default weight_decay (0.01 / num_examples) assumes a "
+            "mean (summed, the prior is a batch size weaker and snapping cost a digits MLP 4 points): return "
+            ".mean() over the batch (a sum divided by a fixed number counts as a sum: divide by the batch's "
+            "size), or keep the sum and pass weight_decay scaled by the batch size.")
+
+
 def _check_finite(losses: dict[str, float], phase: str, settings: _Settings) -> None:
     """A non-finite data loss stops the call (a NaN network must not be returned as a result)."""
     value = losses[phase]
@@ -742,10 +798,12 @@ def soft_share_compress(
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, the data term, a mean over the batch
-        (no regulariser). It is jitted.
+        (no regulariser). It is jitted. A sum over the batch (found by giving it the first
+        batch twice) is refused unless ``weight_decay`` is given: the default assumes a mean.
       params: the trained network (any pytree; floating leaves are trained, others kept):
-        trainable parameters only. BatchNorm running statistics (Flax's ``batch_stats``, an
-        ``nnx.BatchStat``) are refused: close over them in ``loss_fn``.
+        trainable parameters only. Layer state such as BatchNorm's running statistics (Flax's
+        ``batch_stats``, an ``nnx.BatchStat``, an Equinox ``State`` or ``StateIndex``) is
+        refused: close over it in ``loss_fn``. Concrete arrays: not under ``jax.jit``.
       batches: an iterable of batches (pytrees of arrays with a leading batch axis), possibly
         endless. A finite one is restarted when it can be iterated again, else its first
         epoch is replayed.
@@ -800,8 +858,8 @@ def soft_share_compress(
       ``diagnostics``, ``codebooks``, ``scales``, ``retrained`` and ``losses``.
 
     Raises:
-      ValueError, TypeError: before training, for bad arguments, leaves or batches (named in the
-        message, with the fix).
+      ValueError, TypeError: before training, for bad arguments, leaves, batches or a ``loss_fn``
+        that is not a scalar mean (named in the message, with the fix).
       FloatingPointError: when the data loss becomes non-finite while retraining or fine-tuning
         (no NaN network is returned).
 
@@ -831,9 +889,11 @@ def soft_share_compress(
         "far_sigmas": far_sigmas, "min_rate": min_rate, "max_rate": max_rate, "warn_loss_rise": warn_loss_rise,
         "num_weights": layout.size(), "left_out": layout.size(quantised=False)})
     _check_floor_reachable(layout, settings.min_rate)
+    input_loss = jax.jit(loss_fn)
+    _check_loss_fn(input_loss, params, stream.held[0], weight_decay is None)
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
-    losses = {"start": _mean_loss(jax.jit(loss_fn), params, stream.held)}
+    losses = {"start": _mean_loss(input_loss, params, stream.held)}
     _check_finite(losses, "start", settings)
     values, state = _retrain(layout, loss, stream, settings, callback)
     losses["retrained"] = _mean_loss(loss, values, stream.held)

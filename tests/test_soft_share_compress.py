@@ -213,12 +213,12 @@ def test_batchnorm_running_statistics_are_refused_with_the_fix(trained):
     from flax import nnx
 
     stats = {"BatchNorm_0": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
-    with pytest.raises(ValueError, match=r"'batch_stats/BatchNorm_0/mean' is a BatchNorm running statistic.*"
+    with pytest.raises(ValueError, match=r"'batch_stats/BatchNorm_0/mean' is layer state .*batch_stats collection.*"
                                          r"variables\['params'\]"):
         optreg.soft_share_compress(loss_fn, {"params": trained, "batch_stats": stats}, batches(8),
                                    num_examples=len(X))
     _, state = nnx.split(nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"'mean' is a BatchNorm running statistic .*nnx.split\(model, nnx.Param"):
+    with pytest.raises(ValueError, match=r"'mean' is layer state .*nnx.split\(model, nnx.Param"):
         optreg.soft_share_compress(lambda p, b: 0.0, state, batches(8), num_examples=len(X))
 
 
@@ -361,3 +361,69 @@ def test_bad_validation_batches_are_refused_before_training(validation, error, m
         optreg.soft_share_compress(loss_fn, init(), batches(), num_examples=len(X), validation=validation,
                                    callback=lambda *args: calls.append(args))
     assert not calls
+
+
+def test_a_loss_fn_that_is_not_a_scalar_is_refused_with_the_fix(trained):
+    with_aux = lambda p, b: (loss_fn(p, b), {"logits": b[0]})  # noqa: E731
+    with pytest.raises(TypeError, match=r"must return a scalar.*\(loss, aux\) pair pass lambda p, b: loss_fn\(p, b\)"):
+        optreg.soft_share_compress(with_aux, trained, batches(8), num_examples=len(X))
+    per_example = lambda p, b: loss_fn(p, b) * jnp.ones(b[0].shape[0])  # noqa: E731
+    with pytest.raises(TypeError, match=r"got float32\[32\].*take .mean\(\)"):
+        optreg.soft_share_compress(per_example, trained, batches(8), num_examples=len(X))
+
+
+def test_a_sum_over_the_batch_is_refused_with_the_default_strength_and_accepted_with_a_scaled_one(trained):
+    """A sum is a mean times the batch size: the default τ (for a mean) would be 32 times too weak."""
+    summed = lambda p, b: loss_fn(p, b) * b[0].shape[0]  # noqa: E731
+    with pytest.raises(ValueError, match=r"looks like a sum over the batch.*pass weight_decay scaled"):
+        optreg.soft_share_compress(summed, trained, batches(8), num_examples=len(X))
+    out = optreg.soft_share_compress(summed, trained, batches(8), num_examples=len(X), weight_decay=0.32 / len(X),
+                                     steps=20, finetune_steps=20, min_rate=None, warn_loss_rise=None)
+    assert np.isfinite(out.losses["final"])
+
+
+def test_a_mean_loss_tied_to_one_batch_shape_is_not_mistaken_for_a_sum(trained):
+    fixed = lambda p, b: loss_fn(p, (b[0].reshape(32, 12), b[1].reshape(32)))  # noqa: E731
+    out = optreg.soft_share_compress(fixed, trained, batches(8), num_examples=len(X), steps=20, finetune_steps=20,
+                                     min_rate=None, warn_loss_rise=None)
+    assert np.isfinite(out.losses["final"])
+
+
+def test_called_under_jit_it_says_to_call_it_outside(trained):
+    with pytest.raises(TypeError, match=r"is a tracer.*call it outside jax.jit"):
+        jax.jit(lambda p: optreg.soft_share_compress(loss_fn, p, batches(8), num_examples=len(X)).params)(trained)
+
+
+def test_the_whole_dataset_given_as_batches_is_refused(trained):
+    with pytest.raises(TypeError, match=r"batches is a tuple of 2 arrays of num_examples=512 rows.*whole dataset"):
+        optreg.soft_share_compress(loss_fn, trained, (X, Y), num_examples=len(X))
+
+
+def test_equinox_layer_state_is_refused_and_a_model_made_with_its_state_is_not():
+    eqx = pytest.importorskip("equinox")
+
+    class Net(eqx.Module):
+        linear: eqx.nn.Linear
+        norm: eqx.nn.BatchNorm
+
+        def __init__(self, key):
+            self.linear, self.norm = eqx.nn.Linear(12, 3, key=key), eqx.nn.BatchNorm(3, "batch", mode="batch")
+
+    key = jax.random.key(0)
+    model, state = eqx.nn.make_with_state(Net)(key)
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def net_loss(p, b, s=state):
+        net = eqx.nn.inference_mode(eqx.combine(p, static))
+        logits = jax.vmap(lambda x: net.norm(net.linear(x), s)[0])(b[0])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), b[1][:, None], axis=1))
+
+    with pytest.raises(ValueError, match=r"'1' is layer state .*eqx.nn.make_with_state"):
+        optreg.soft_share_compress(lambda ps, b: net_loss(ps[0], b, ps[1]), (params, state), batches(8),
+                                   num_examples=len(X))
+    unmade = eqx.partition(Net(key), eqx.is_array)[0]  # its StateIndex still holds the initial statistics
+    with pytest.raises(ValueError, match=r"'norm/batch_counter' is layer state"):
+        optreg.soft_share_compress(net_loss, unmade, batches(8), num_examples=len(X))
+    out = optreg.soft_share_compress(net_loss, params, batches(8), num_examples=len(X), steps=20, finetune_steps=20,
+                                     min_rate=None, warn_loss_rise=None)
+    assert {layer.path for layer in out.report.layers} == {"linear/weight", "linear/bias", "norm/weight", "norm/bias"}
