@@ -86,13 +86,41 @@ def host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def mixture_state(state: Any, function: str) -> MixtureState:
+    """The :class:`MixtureState` in ``state``: itself, or the one inside an optimizer state (a chain's tuple,
+    ``inject_hyperparams``, ``MultiSteps``, ``masked``, a Flax ``TrainState``)."""
+    if isinstance(state, MixtureState):
+        return state
+    found = [node for node in jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, MixtureState))
+             if isinstance(node, MixtureState)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"{function}: the state holds {len(found)} MixtureStates (one per soft_share_prior); pass "
+                         "the one to use, e.g. opt_state[0].")
+    raise TypeError(f"{function}: state must be the MixtureState of optreg.soft_share_prior, or an optimizer state "
+                    f"holding one, got {type(state).__name__} without one.")
+
+
+def _check_concrete(recorded: Any, function: str) -> None:
+    if isinstance(recorded, jax.core.Tracer):
+        raise TypeError(f"{function}: the state is traced; {function} reads the mixture and its mask on the host "
+                        "(they choose the codebook and the leaves), so call it outside jax.jit with concrete arrays.")
+
+
 def recorded_flags(state: Any, params: Any, mask: Mask, function: str) -> list[bool]:
-    """One bool per leaf: the state's recorded mask, or ``mask`` (they must agree when both are given)."""
-    flags = [keep and _tree.is_floating(leaf)
-             for leaf, keep in zip(jax.tree.leaves(params), _tree.resolve_mask(mask, params))]
+    """One bool per leaf: the state's recorded mask, or ``mask`` (they must agree when both are given). Under
+    ``optax.masked`` the state recorded only the leaves ``mask`` selects: they are matched in order."""
+    leaves = jax.tree.leaves(params)
+    selected = _tree.resolve_mask(mask, params)
+    flags = [keep and _tree.is_floating(leaf) for leaf, keep in zip(leaves, selected)]
     recorded = getattr(state, "mask", None)
     if recorded is None:
         return flags
+    _check_concrete(recorded, function)
+    if mask is not None and np.shape(recorded) != (len(leaves),) and np.size(recorded) == sum(map(bool, selected)):
+        inner = iter([bool(host(flag)) for flag in recorded])
+        return [bool(keep) and next(inner) and _tree.is_floating(leaf) for keep, leaf in zip(selected, leaves)]
     from_state = [bool(host(flag)) for flag in recorded_mask(recorded, params, function)]
     if mask is not None and from_state != flags:
         raise ValueError(
@@ -215,10 +243,12 @@ def quantize(
 
     Args:
       params: the trained pytree.
-      state: the :class:`MixtureState` learned with :func:`optreg.soft_share_prior`. Its recorded
-        mask (the transform's) selects the leaves to quantise.
+      state: the :class:`MixtureState` learned with :func:`optreg.soft_share_prior`, or an
+        optimizer state holding exactly one (a chain's, ``inject_hyperparams``', ``MultiSteps``',
+        a Flax ``TrainState``). Its recorded mask (the transform's) selects the leaves to quantise.
       kl_threshold: merge components whose KL separation is below this (Ullrich et al.'s Alg. 1).
-      mask: only for a state without a recorded mask; otherwise it must equal the recorded one.
+      mask: only for a state without a recorded mask; otherwise it must equal the recorded one,
+        except under ``optax.masked``, whose mask it must be (the state recorded only those leaves).
       far_sigmas: k of the diagnostics.
       warn_far_fraction: warn above this fraction of far weights in a leaf; None: never warn.
 
@@ -236,6 +266,7 @@ def quantize(
       Ullrich, Meeds & Welling, "Soft weight-sharing for neural network compression", ICLR 2017, §6.2, Alg. 1.
     """
     _check_far(far_sigmas, warn_far_fraction)
+    state = mixture_state(state, "quantize")
     flags = recorded_flags(state, params, mask, "quantize")
     means, variances, proportions = merge_components(state, kl_threshold)
     means32 = means.astype(np.float32)

@@ -285,6 +285,6 @@ def recorded_mask(recorded: Any, params: Any, function: str) -> list[Any]:
     if np.shape(recorded) != (count,):
         raise ValueError(
             f"{function}: the state's recorded mask has shape {np.shape(recorded)}, the params have {count} "
-            "leaves: pass the params the transform was initialised with."
+            "leaves: pass the params the transform was initialised with (under optax.masked, its mask= too)."
         )
     return [recorded[index] for index in range(count)]

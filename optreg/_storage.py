@@ -18,8 +18,9 @@ stored as one sparse stream of *entries*: one entry per nonzero weight, holding
   (at least 1), C = number of distinct entry values.
 
 Each layer also stores its **codebook**: 32 bits per distinct nonzero value
-(0 is implicit). Leaves left out by ``mask`` (and non-floating leaves) are
-stored dense at 32 bits per entry; biases are leaves like any other. A leaf
+(0 is implicit). Floating leaves left out by ``mask`` are stored dense at 32
+bits per entry; biases are leaves like any other; non-floating leaves (a step
+counter) are not weights and are not counted. A leaf
 with no nonzero entry costs 0 bits: its stream is empty. The compression rate is
 
     rate = 32 · |W| / bits,
@@ -48,14 +49,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from optreg import _tree
-from optreg._compression import DEFAULT_KL_THRESHOLD, Quantized, quantize, recorded_flags
-from optreg._mixture import MixtureState
+from optreg._compression import DEFAULT_KL_THRESHOLD, Quantized, mixture_state, quantize, recorded_flags
 from optreg._tree import Mask
 
 
@@ -159,9 +159,6 @@ def _layer_report(path: str, leaf: np.ndarray, quantized: bool, dense_gap_bits: 
 
 def _counted_params(params: Any, state_or_quantized: Any, mask: Mask, kl_threshold: float) -> tuple[Any, list[bool]]:
     """(the params to count, one 'quantised' flag per leaf) for each kind of second argument."""
-    if isinstance(state_or_quantized, MixtureState):
-        quantized = quantize(params, state_or_quantized, kl_threshold=kl_threshold, mask=mask, warn_far_fraction=None)
-        return quantized.params, recorded_flags(state_or_quantized, params, mask, "compression_report")
     if isinstance(state_or_quantized, Quantized):
         structure: Any = jax.tree_util.tree_structure(params)
         if jax.tree_util.tree_structure(state_or_quantized.params) != structure:
@@ -170,15 +167,14 @@ def _counted_params(params: Any, state_or_quantized: Any, mask: Mask, kl_thresho
         return counted, recorded_flags(state_or_quantized.mixture, counted, mask, "compression_report")
     if state_or_quantized is None:
         return params, recorded_flags(None, params, mask, "compression_report")
-    raise TypeError(
-        "state_or_quantized must be a MixtureState, a Quantized (from optreg.quantize) or None, "
-        f"got {type(state_or_quantized).__name__}."
-    )
+    state = mixture_state(state_or_quantized, "compression_report")
+    quantized = quantize(params, state, kl_threshold=kl_threshold, mask=mask, warn_far_fraction=None)
+    return quantized.params, recorded_flags(state, params, mask, "compression_report")
 
 
 def compression_report(
     params: Any,
-    state_or_quantized: Union[MixtureState, Quantized, None] = None,
+    state_or_quantized: Any = None,
     *,
     mask: Mask = None,
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
@@ -196,7 +192,8 @@ def compression_report(
         (:func:`optreg.quantize`); with a :class:`Quantized` its ``params`` are counted
         (``params`` is then only used for its structure); with None, ``params`` are counted
         as they are (e.g. already quantised).
-      state_or_quantized: a :class:`MixtureState`, a :class:`Quantized` or None.
+      state_or_quantized: a :class:`MixtureState` (or an optimizer state holding exactly one,
+        as :func:`optreg.quantize` takes), a :class:`Quantized` or None.
       mask: the quantised leaves (others are counted dense, 32 bits each) when the state
         recorded none or with None; given with a state that recorded one, it must agree.
       kl_threshold: passed to :func:`optreg.quantize` when given a state.

@@ -297,6 +297,52 @@ def test_quantize_and_report_reuse_the_mask_the_transform_recorded():
         optreg.quantize(params, state, mask={"kernel": True, "bias": True})
 
 
+def test_quantize_and_report_find_the_mixture_state_inside_optimizer_states():
+    import optax
+
+    params = {"kernel": jnp.linspace(-0.6, 0.6, 40).reshape(8, 5), "bias": jnp.linspace(0.01, 0.2, 5)}
+    mask = {"kernel": True, "bias": False}
+    prior = optreg.soft_share_prior(1e-3, 4, mask=mask, init_range=(-0.5, 0.5), init_std=0.05)
+    expected = optreg.quantize(params, prior.init(params), warn_far_fraction=None).params
+    static = ("num_components", "grid_size", "refresh_every")
+    injected = optax.inject_hyperparams(optreg.soft_share_prior, static_args=static)(
+        1e-3, 4, mask=mask, init_range=(-0.5, 0.5), init_std=0.05)
+    for tx in (optax.chain(prior, optax.adam(1e-3)), optax.MultiSteps(optax.chain(prior, optax.sgd(0.1)), 2),
+               optax.chain(injected, optax.adam(1e-3))):
+        state = tx.init(params)
+        got = optreg.quantize(params, state, warn_far_fraction=None).params
+        jax.tree.map(np.testing.assert_array_equal, got, expected)
+        assert optreg.compression_report(params, state).bits == optreg.compression_report(expected, mask=mask).bits
+    with pytest.raises(TypeError, match="an optimizer state holding one, got tuple without one"):
+        optreg.quantize(params, optax.adam(1e-3).init(params))
+    with pytest.raises(ValueError, match="holds 2 MixtureStates"):
+        optreg.compression_report(params, optax.chain(prior, prior).init(params))
+
+
+def test_under_optax_masked_its_mask_maps_the_state_onto_the_params():
+    import optax
+
+    params = {"kernel": jnp.linspace(-0.6, 0.6, 40).reshape(8, 5), "bias": jnp.linspace(0.01, 0.2, 5)}
+    mask = {"kernel": True, "bias": False}
+    prior = dict(init_range=(-0.5, 0.5), init_std=0.05)
+    direct = optreg.quantize(params, optreg.soft_share_prior(1e-3, 4, mask=mask, **prior).init(params),
+                             warn_far_fraction=None)
+    masked = optax.masked(optreg.soft_share_prior(1e-3, 4, **prior), mask).init(params)
+    got = optreg.quantize(params, masked, mask=mask, warn_far_fraction=None)
+    jax.tree.map(np.testing.assert_array_equal, got.params, direct.params)
+    assert {layer.path: layer.quantized for layer in optreg.compression_report(params, masked, mask=mask).layers} \
+        == mask
+    with pytest.raises(ValueError, match=r"under optax.masked, its mask= too"):
+        optreg.quantize(params, masked)
+
+
+def test_quantize_under_jit_says_to_call_it_outside():
+    params = {"w": jnp.array([0.001, -0.5, 0.52, 0.49])}
+    state = optreg.soft_share_prior(1e-3, 3, init_range=(-0.5, 0.5), init_std=0.05).init(params)
+    with pytest.raises(TypeError, match="the state is traced.*call it outside jax.jit"):
+        jax.jit(lambda p, s: optreg.quantize(p, s, warn_far_fraction=None).params)(params, state)
+
+
 def test_diagnostics_and_the_warning_when_snapping_moves_weights_far():
     means, stds, pis = [0.0, -0.5, 0.5], [0.01, 0.02, 0.02], [0.9, 0.05, 0.05]
     state = mixture_state(means, stds, pis)
