@@ -148,7 +148,6 @@ class _Layout:
         _check_no_layer_state(params)
         self.leaves, self.treedef = jax.tree_util.tree_flatten(params)
         self.paths = _tree.leaf_paths(params)
-        _check_not_traced(self.paths, self.leaves)
         _check_leaves(self.paths, self.leaves)
         selected = _tree.resolve_mask(mask, params)
         self.floating = [i for i, leaf in enumerate(self.leaves) if _tree.is_floating(leaf)]
@@ -220,17 +219,14 @@ def _check_no_layer_state(params: Any) -> None:
                 "still fine-tuned.")
 
 
-def _check_not_traced(paths: list[str], leaves: list[Any]) -> None:
+def _check_leaves(paths: list[str], leaves: list[Any]) -> None:
+    """Every leaf a concrete array or a number, every floating one finite (else training is silently
+    meaningless)."""
     for path, leaf in zip(paths, leaves):
         if isinstance(leaf, jax.core.Tracer):
             raise TypeError(
                 f"soft_share_compress: params leaf {path!r} is a tracer: soft_share_compress runs its own training "
                 "loop and cannot be traced; call it outside jax.jit, jax.vmap and jax.grad, with concrete arrays.")
-
-
-def _check_leaves(paths: list[str], leaves: list[Any]) -> None:
-    """Every leaf an array or a number, every floating one finite (else training is silently meaningless)."""
-    for path, leaf in zip(paths, leaves):
         if not (hasattr(leaf, "dtype") or isinstance(leaf, numbers.Number)):
             raise TypeError(
                 f"soft_share_compress: params leaf {path!r} is a {type(leaf).__name__}, not an array; pass the "
@@ -258,11 +254,17 @@ def _check_floor_reachable(layout: _Layout, min_rate: Optional[float]) -> None:
     if needed > DEFAULT_MAX_RATE:
         warnings.warn(
             f"soft_share_compress: min_rate={min_rate:g} with {left_out} floating weights left out of the mask "
-            f"(stored at 32 bits: {100 * left_out * min_rate / (quantised + left_out):.0f} % of the bits the floor "
-            f"allows) asks the {quantised} quantised weights for {needed:.1f}x, beyond the {DEFAULT_MAX_RATE:g}x "
-            f"ceiling the defaults hold the prior's own compression under (max_rate); the fine-tune may prune most "
-            f"of them. min_rate='auto' ({auto:.1f}x here) gives the quantised leaves the floor they would have alone.",
+            f"(stored at 32 bits: {_floor_share(32 * left_out, quantised + left_out, min_rate):.0f} % of the bits "
+            f"the floor allows) asks the {quantised} quantised weights for {needed:.1f}x, beyond the "
+            f"{DEFAULT_MAX_RATE:g}x ceiling the defaults hold the prior's own compression under (max_rate); the "
+            f"fine-tune may prune most of them. min_rate='auto' ({auto:.1f}x here) gives the quantised leaves the "
+            "floor they would have alone.",
             CompressionWarning, stacklevel=3)
+
+
+def _floor_share(bits: float, size: int, min_rate: float) -> float:
+    """``bits`` in percent of what ``size`` weights stored at ``min_rate`` may take (32·size / min_rate)."""
+    return 100.0 * bits * min_rate / (32.0 * size)
 
 
 def _rms(leaf: Any) -> float:
@@ -688,7 +690,7 @@ def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: Optional[float], 
     if snapped_rate is not None and settings.min_rate is not None and snapped_rate < settings.min_rate:
         left_out = [layer for layer in report.layers if not layer.quantized]
         share = f" (the {sum(layer.size for layer in left_out)} weights left out of the mask take " \
-            f"{100 * sum(layer.bits for layer in left_out) * settings.min_rate / (32 * report.size):.0f} % of the " \
+            f"{_floor_share(sum(layer.bits for layer in left_out), report.size, settings.min_rate):.0f} % of the " \
             f"bits it allows)" if left_out else ""
         cause = (f"The snapped network stored at {snapped_rate:.1f}x, below its floor min_rate={settings.min_rate:g}, "
                  f"and the fine-tune pruned it to {report.compression_rate:.1f}x: the floor may be too high for a "
