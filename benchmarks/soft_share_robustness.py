@@ -176,6 +176,8 @@ def run_case(arch: str, seed: int, test_fraction: float, overrides: dict, batch_
         "far": max((d.far_fraction for d in out.diagnostics), default=0.0), "batch_size": batch_size,
         "baseline_training": list(baseline), "left_out": leave_out,
         "left_out_weights": sum(layer.size for layer in out.report.layers if not layer.quantized),
+        "layers": [[layer.path, layer.size, layer.nonzero, layer.distinct_values, layer.index_bits, layer.fillers,
+                    layer.bits] for layer in out.report.layers],
     }
 
 

@@ -77,12 +77,16 @@ SUM_RATIO = 1.5
 
 
 class CompressionWarning(UserWarning):
-    """The network :func:`optreg.soft_share_compress` stored has a higher training loss than its input.
+    """:func:`optreg.soft_share_compress` stored, or is about to store, a network that may have lost what it knew.
 
-    Its message says by how much and what to change: when the fine-tune had to prune to meet
-    ``min_rate``, the floor may be too high for the network (networks of a few thousand weights
-    keep their accuracy at 20x, not at 40x); otherwise the prior took weights the network needs
-    (too few steps or too strong a ``weight_decay``). ``warn_loss_rise=None`` turns the check off.
+    After training: the stored network has a higher training loss than its input. The message says
+    by how much and what to change: when the fine-tune had to prune to meet ``min_rate``, the floor
+    may be too high for the network (networks of a few thousand weights keep their accuracy at 20x,
+    not at 40x); otherwise the prior took weights the network needs (too few steps or too strong a
+    ``weight_decay``). ``warn_loss_rise=None`` turns this check off. Before training: an explicit
+    ``min_rate`` asks the quantised leaves for more than the default ceiling, or ``loss_fn`` gives
+    quantised leaves no gradient (unused, or frozen with ``jax.lax.stop_gradient``: only the prior
+    would move them, to 0).
     """
 
 
@@ -165,6 +169,17 @@ class _Layout:
         for index, value, scale in zip(self.floating, values, self.scales):
             leaves[index] = (value * scale).astype(jnp.asarray(self.leaves[index]).dtype)
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def returned(self, values: list[jax.Array]) -> Any:
+        """:meth:`params`, with the input's own numbers wherever a leaf left out of the mask was not moved
+        (w / scale · scale is not always w to the bit)."""
+        tree = jax.tree_util.tree_leaves(self.params(values))
+        for index, value, scale, quantised in zip(self.floating, values, self.scales, self.quantised):
+            if not quantised:
+                start = jnp.asarray(self.leaves[index])
+                unmoved = value == (jnp.asarray(start, jnp.float32) / scale)
+                tree[index] = jnp.where(unmoved, start, tree[index])
+        return jax.tree_util.tree_unflatten(self.treedef, tree)
 
     def host_params(self, values: list[np.ndarray]) -> Any:
         """The full pytree on the host with these float leaves (for counting bits; not scaled)."""
@@ -660,6 +675,22 @@ def _check_loss_fn(loss_fn: Callable[[Any, Any], Any], params: Any, batch: Any, 
             "size), or keep the sum and pass weight_decay scaled by the batch size.")
 
 
+def _warn_if_leaves_get_no_gradient(loss: Callable[[Any, Any], Any], layout: _Layout, batch: Any) -> None:
+    """A :class:`CompressionWarning` naming the quantised leaves ``loss_fn`` gives an all-zero gradient on the
+    first batch: unused (the prior zeroes them and the count takes them as free) or behind a
+    ``stop_gradient`` (the prior alone moves them, and zeroes weights the network uses)."""
+    grads = jax.jit(jax.grad(loss))(layout.normalised(), batch)
+    idle = [layout.paths[i] for i, keep, g in zip(layout.floating, layout.quantised, grads)
+            if keep and np.size(g) and not np.any(np.asarray(g)) and np.any(np.asarray(layout.leaves[i]))]
+    if idle:
+        warnings.warn(
+            f"soft_share_compress: the leaves {idle} get an all-zero gradient from loss_fn on the first batch, so "
+            "only the prior moves them: it will pull them to 0 and the count will take them as free. If loss_fn "
+            "does not use them, leave them out of params; if it uses them through jax.lax.stop_gradient (frozen "
+            "weights), leave them out with mask= (they are then kept as they are, stored at 32 bits).",
+            CompressionWarning, stacklevel=3)
+
+
 def _check_finite(losses: dict[str, float], phase: str, settings: _Settings) -> None:
     """A non-finite data loss stops the call (a NaN network must not be returned as a result)."""
     value = losses[phase]
@@ -895,12 +926,13 @@ def soft_share_compress(
     _check_loss_fn(input_loss, params, stream.held[0], weight_decay is None)
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
+    _warn_if_leaves_get_no_gradient(loss, layout, stream.held[0])
     losses = {"start": _mean_loss(input_loss, params, stream.held)}
     _check_finite(losses, "start", settings)
     values, state = _retrain(layout, loss, stream, settings, callback)
     losses["retrained"] = _mean_loss(loss, values, stream.held)
     _check_finite(losses, "retrained", settings)
-    retrained = layout.params(values)
+    retrained = layout.returned(values)
     quantized = _snap(layout, values, state, settings)
     losses["snapped"] = _mean_loss(loss, quantized.params, stream.held)
     values, codebooks, keep, snapped_rate = _finetune(layout, loss, stream, values, quantized.params, settings,
@@ -910,7 +942,7 @@ def soft_share_compress(
     _check_finite(losses, "final", settings)
     if held_out is not None:
         losses["validation"] = _mean_loss(loss, final, held_out)
-    stored = layout.params(final)
+    stored = layout.returned(final)
     mask_tree = layout.mask_tree()
     report = compression_report(stored, mask=mask_tree)
     _warn_if_loss_rose(losses, snapped_rate, report, settings)
