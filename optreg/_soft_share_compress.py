@@ -74,6 +74,10 @@ RATE_CONTROL_MIN_INTERVAL, ZERO_MIXING_RANGE = 10, (0.9, 0.9995)
 DEFAULT_WARN_LOSS_RISE = 0.05
 #: loss(batch given twice) / loss(batch) above this marks a sum over the batch (a mean gives 1, a sum 2).
 SUM_RATIO = 1.5
+#: A leaf with an all-zero gradient is taken as used (frozen) when zeroing it moves the loss by more than
+#: this fraction of it (an unused leaf leaves it unchanged to the bit; the slack is for reductions whose
+#: order may vary on accelerators).
+FROZEN_CHANGE = 1e-6
 
 
 class CompressionWarning(UserWarning):
@@ -84,9 +88,8 @@ class CompressionWarning(UserWarning):
     may be too high for the network (networks of a few thousand weights keep their accuracy at 20x,
     not at 40x); otherwise the prior took weights the network needs (too few steps or too strong a
     ``weight_decay``). ``warn_loss_rise=None`` turns this check off. Before training: an explicit
-    ``min_rate`` asks the quantised leaves for more than the default ceiling, or ``loss_fn`` gives
-    quantised leaves no gradient (unused, or frozen with ``jax.lax.stop_gradient``: only the prior
-    would move them, to 0).
+    ``min_rate`` asks the quantised leaves for more than the default ceiling, or ``loss_fn`` does
+    not use some quantised leaves (the prior would zero them, and the count take them as free).
     """
 
 
@@ -675,20 +678,32 @@ def _check_loss_fn(loss_fn: Callable[[Any, Any], Any], params: Any, batch: Any, 
             "size), or keep the sum and pass weight_decay scaled by the batch size.")
 
 
-def _warn_if_leaves_get_no_gradient(loss: Callable[[Any, Any], Any], layout: _Layout, batch: Any) -> None:
-    """A :class:`CompressionWarning` naming the quantised leaves ``loss_fn`` gives an all-zero gradient on the
-    first batch: unused (the prior zeroes them and the count takes them as free) or behind a
-    ``stop_gradient`` (the prior alone moves them, and zeroes weights the network uses)."""
-    grads = jax.jit(jax.grad(loss))(layout.normalised(), batch)
-    idle = [layout.paths[i] for i, keep, g in zip(layout.floating, layout.quantised, grads)
-            if keep and np.size(g) and not np.any(np.asarray(g)) and np.any(np.asarray(layout.leaves[i]))]
-    if idle:
-        warnings.warn(
-            f"soft_share_compress: the leaves {idle} get an all-zero gradient from loss_fn on the first batch, so "
-            "only the prior moves them: it will pull them to 0 and the count will take them as free. If loss_fn "
-            "does not use them, leave them out of params; if it uses them through jax.lax.stop_gradient (frozen "
-            "weights), leave them out with mask= (they are then kept as they are, stored at 32 bits).",
-            CompressionWarning, stacklevel=3)
+def _check_leaves_get_gradient(loss: Callable[[Any, Any], Any], layout: _Layout, batch: Any) -> None:
+    """Quantised leaves to which ``loss`` gives an all-zero gradient on the first batch, which only the prior
+    would move (to 0): refused when zeroing one changes the loss (a frozen leaf, behind ``stop_gradient``:
+    a frozen-feature CNN went to chance accuracy), a :class:`CompressionWarning` otherwise (an unused leaf,
+    which the count would take as free weights)."""
+    values = layout.normalised()
+    grads = jax.jit(jax.grad(loss))(values, batch)
+    idle = [k for k, (keep, g, v) in enumerate(zip(layout.quantised, grads, values))
+            if keep and np.size(g) and not np.any(np.asarray(g)) and np.any(np.asarray(v))]
+    if not idle:
+        return
+    start = float(loss(values, batch))
+    frozen = [k for k in idle if abs(float(loss([jnp.zeros_like(v) if j == k else v for j, v in enumerate(values)],
+                                                batch)) - start) > FROZEN_CHANGE * max(1.0, abs(start))]
+    paths = [layout.paths[layout.floating[k]] for k in (frozen or idle)]
+    if frozen:
+        raise ValueError(
+            f"soft_share_compress: loss_fn uses the leaves {paths} but gives them an all-zero gradient on the first "
+            "batch (frozen, e.g. behind jax.lax.stop_gradient): only the prior would move them, to 0. Leave them "
+            "out with mask= (they are then returned as they are, stored at 32 bits), or pass only the trainable "
+            "parameters and close over the frozen ones in loss_fn.")
+    warnings.warn(
+        f"soft_share_compress: loss_fn does not use the leaves {paths} (an all-zero gradient on the first batch, "
+        "and zeroing them leaves its value unchanged): the prior will zero them and the count will take them as "
+        "free weights. Leave them out of params (or out of the mask, stored at 32 bits) if they are not part of "
+        "the network.", CompressionWarning, stacklevel=3)
 
 
 def _check_finite(losses: dict[str, float], phase: str, settings: _Settings) -> None:
@@ -926,7 +941,7 @@ def soft_share_compress(
     _check_loss_fn(input_loss, params, stream.held[0], weight_decay is None)
     held_out = _validation_batches(validation)
     loss = jax.jit(lambda values, batch: loss_fn(layout.params(values), batch))
-    _warn_if_leaves_get_no_gradient(loss, layout, stream.held[0])
+    _check_leaves_get_gradient(loss, layout, stream.held[0])
     losses = {"start": _mean_loss(input_loss, params, stream.held)}
     _check_finite(losses, "start", settings)
     values, state = _retrain(layout, loss, stream, settings, callback)

@@ -429,18 +429,19 @@ def test_equinox_layer_state_is_refused_and_a_model_made_with_its_state_is_not()
     assert {layer.path for layer in out.report.layers} == {"linear/weight", "linear/bias", "norm/weight", "norm/bias"}
 
 
-def test_leaves_the_loss_gives_no_gradient_are_named_and_masked_out_they_are_kept(trained):
-    """An unused leaf, or one behind jax.lax.stop_gradient, is moved by the prior alone: zeroed, and counted free."""
-    frozen = {**trained, "extra": jnp.asarray(np.random.default_rng(1).normal(size=(12, 3)), jnp.float32)}
+def test_unused_leaves_warn_and_frozen_ones_are_refused_and_kept_to_the_bit_when_masked_out(trained):
+    """A leaf the loss gives no gradient is moved by the prior alone: unused, it is zeroed and counted free (a
+    warning); used behind jax.lax.stop_gradient, zeroing it changes the network (refused, with the mask= fix)."""
+    extra = {**trained, "extra": jnp.asarray(np.random.default_rng(1).normal(size=(12, 3)), jnp.float32)}
     uses_frozen = lambda p, b: loss_fn(p, b) + 1e-3 * jnp.mean(  # noqa: E731
         b[0] @ jax.lax.stop_gradient(p["extra"]))
     settings = {"num_examples": len(X), "steps": 20, "finetune_steps": 20, "min_rate": None, "warn_loss_rise": None}
-    for loss in (loss_fn, uses_frozen):
-        with pytest.warns(optreg.CompressionWarning,
-                          match=r"leaves \['extra'\] get an all-zero gradient.*stop_gradient"):
-            optreg.soft_share_compress(loss, frozen, batches(8), **settings)
+    with pytest.warns(optreg.CompressionWarning, match=r"does not use the leaves \['extra'\].*out of params"):
+        optreg.soft_share_compress(loss_fn, extra, batches(8), **settings)
+    with pytest.raises(ValueError, match=r"uses the leaves \['extra'\] but gives them an all-zero gradient.*mask="):
+        optreg.soft_share_compress(uses_frozen, extra, batches(8), **settings)
     mask = {**jax.tree.map(lambda _: True, trained), "step": False, "extra": False}
     with warnings.catch_warnings():
         warnings.simplefilter("error", optreg.CompressionWarning)
-        out = optreg.soft_share_compress(uses_frozen, frozen, batches(8), mask=mask, **settings)
-    np.testing.assert_array_equal(np.asarray(out.params["extra"]), np.asarray(frozen["extra"]))
+        out = optreg.soft_share_compress(uses_frozen, extra, batches(8), mask=mask, **settings)
+    np.testing.assert_array_equal(np.asarray(out.params["extra"]), np.asarray(extra["extra"]))
