@@ -28,7 +28,7 @@ from optreg._grouping import Axis, check_axis, group_norm, group_sum, norm_pair,
 from optreg._hyper import CountState, Hyperparameter
 from optreg._joint import replace_steps
 from optreg._numerics import compute_dtype
-from optreg._strengths import check_strength_value, clip_negative, per_leaf
+from optreg._strengths import check_scaling, check_strength_value, clip_negative, per_leaf
 from optreg._tree import Mask
 
 
@@ -89,7 +89,7 @@ def _group_shape(axis: Axis) -> Any:
     return shape
 
 
-def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
+def prox_group_lasso(x: Any, scale: Any = 1.0, scaling: Any = 1.0, *, axis: Axis = None) -> Any:
     """Proximal operator of the group lasso scale·Σ_g ‖z_g‖₂ (block soft thresholding).
 
     Each group is shrunk as z_g = max(0, 1 − scale/‖x_g‖₂)·x_g; a group whose
@@ -113,6 +113,8 @@ def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
         array for every leaf, or a pytree with ``x``'s structure (or a prefix),
         each value broadcasting against the leaf's per-group (keepdims) shape,
         e.g. one strength per unit.
+      scaling: one number >= 0 multiplying ``scale``, as jaxopt's ``scaling`` (a step size:
+        ``prox_group_lasso(x, l2reg, scaling)`` is jaxopt's call).
       axis: ``None``, an int or a tuple of ints (keyword-only).
 
     Returns:
@@ -135,6 +137,7 @@ def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
       Wen, Wu, Wang, Chen & Li, "Learning structured sparsity in deep neural networks", NeurIPS 2016.
     """
     axis = check_axis(axis)
+    check_scaling(scaling, "scale")
     leaves, treedef, indices = _floating(x)
     if axis is None:
         if not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(scale)):
@@ -147,7 +150,7 @@ def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
             raise ValueError(f"scale must be a scalar with axis=None (one group), got shape {jnp.shape(scale)}.")
         inputs = [_in_compute(leaves[i]) for i in indices]
         if inputs:
-            s = clip_negative(jnp.asarray(scale).astype(jnp.result_type(*inputs)))
+            s = clip_negative((jnp.asarray(scale) * scaling).astype(jnp.result_type(*inputs)))
             for i, z in zip(indices, _group_shrink_jit(inputs, s, None)):
                 leaves[i] = z.astype(jnp.asarray(leaves[i]).dtype)
         return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -155,7 +158,7 @@ def prox_group_lasso(x: Any, scale: Any, *, axis: Axis = None) -> Any:
     for i in indices:
         leaf = jnp.asarray(leaves[i])
         compute = compute_dtype(leaf.dtype)
-        s = clip_negative(jnp.asarray(scales[i]).astype(compute))
+        s = clip_negative((jnp.asarray(scales[i]) * scaling).astype(compute))
         leaves[i] = _group_shrink_jit([leaf.astype(compute)], s, axis)[0].astype(leaf.dtype)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 

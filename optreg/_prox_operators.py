@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from optreg._checks import check_exponent
 from optreg._numerics import compute_dtype, copysign_nonnegative
 from optreg._prox_roots import magnitude, magnitude_partials
-from optreg._strengths import clip_negative, per_leaf
+from optreg._strengths import check_scaling, clip_negative, per_leaf
 
 
 def check_floating(x: jax.Array, name: str = "x") -> None:
@@ -37,6 +37,18 @@ def as_array(x: Any, operator: str, tree_operator: str) -> jax.Array:
         raise TypeError(f"{operator} takes an array x, got a pytree {jax.tree_util.tree_structure(x)}; "
                         f"use {tree_operator} for pytrees.")
     return jnp.asarray(x)
+
+
+def scaled_strengths(strength: Any, scaling: Any, x: Any, name: str) -> list[Any]:
+    """One ``strength · scaling`` per leaf of ``x`` (None for non-floating leaves), checked under ``name``.
+
+    ``strength=None`` is 1, as in jaxopt. A single array ``x`` must be floating.
+    """
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x)) and x is not None:
+        check_floating(jnp.asarray(x))
+    check_scaling(scaling, name)
+    values = per_leaf(1.0 if strength is None else strength, x, name)
+    return [None if value is None else jnp.asarray(value) * scaling for value in values]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -177,7 +189,8 @@ def prox_elastic_net_unchecked(x: jax.Array, l1_scale: Any, l2_scale: Any) -> ja
     return (jnp.sign(values) * magnitude_).astype(x.dtype)
 
 
-def prox_elastic_net(x: Any, l1_scale: Any, l2_scale: Any) -> Any:
+def prox_elastic_net(x: Any, l1_scale: Any = None, l2_scale: Any = None, *, hyperparams: Any = None,
+                     scaling: Any = 1.0) -> Any:
     """Elementwise proximal operator of the elastic net l1·|z| + (l2/2)·z², on a pytree.
 
     argmin_z ½(z − x)² + l1_scale·|z| + (l2_scale/2)·z² = soft(x, l1_scale) / (1 + l2_scale).
@@ -187,37 +200,67 @@ def prox_elastic_net(x: Any, l1_scale: Any, l2_scale: Any) -> Any:
     in ``x`` and both scales are those of the closed form (exact zeros below the
     L1 threshold, where they are 0).
 
+    jaxopt's form is taken too: ``prox_elastic_net(x, (lam, gam))`` (or ``hyperparams=(lam,
+    gam)``, default (1, 1)) with ``scaling=`` is the penalty scaling·lam·(‖z‖₁ + (gam/2)·‖z‖²),
+    i.e. l1_scale = scaling·lam and l2_scale = scaling·lam·gam. It is recognised by
+    ``l2_scale`` being left out; jaxopt's third positional argument, ``scaling``, must be
+    passed by keyword here (the third positional argument is ``l2_scale``).
+
     Args:
       x: a real floating array or a pytree of them (non-floating leaves pass
         through; half precision is computed in float32).
       l1_scale: >= 0: one number or array for every leaf, or a pytree with
         ``x``'s structure (or a prefix) whose leaves broadcast against ``x``'s.
+        Left out with ``l2_scale``: jaxopt's ``hyperparams`` pair.
       l2_scale: >= 0, the same forms.
+      hyperparams: jaxopt's (lam, gam), each in the forms of ``l1_scale`` (keyword-only).
+      scaling: one number >= 0 multiplying both scales (keyword-only; default 1).
 
     Returns:
       The structure, shapes and dtypes of ``x``.
 
     Raises:
-      ValueError: for a scale that does not fit ``x`` or a negative/NaN concrete scale.
+      ValueError, TypeError: for a scale that does not fit ``x``, a negative/NaN concrete
+        scale, or both forms (or neither pair nor ``l2_scale``) given.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from optreg.prox import prox_elastic_net
       >>> prox_elastic_net(jnp.array([0.3, -3.0]), 0.5, 1.0).tolist()  # soft threshold, then / 2
       [0.0, -1.25]
+      >>> prox_elastic_net(jnp.array([0.3, -3.0]), (0.5, 2.0)).tolist()  # jaxopt's (lam, gam): the same
+      [0.0, -1.25]
 
     References:
       Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS-B 2005.
       Parikh & Boyd, "Proximal Algorithms", 2014 (§6.5.3).
     """
-    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x)) and x is not None:
-        x = jnp.asarray(x)
-        check_floating(x)
-    l1 = per_leaf(l1_scale, x, "l1_scale")
-    l2 = per_leaf(l2_scale, x, "l2_scale")
+    if l2_scale is None:
+        lam, gam = _jaxopt_pair(l1_scale if hyperparams is None else hyperparams, l1_scale, hyperparams)
+        l1 = scaled_strengths(lam, scaling, x, "hyperparams[0]")
+        l2 = [None if a is None else a * g for a, g in zip(l1, per_leaf(gam, x, "hyperparams[1]"))]
+    else:
+        if hyperparams is not None or l1_scale is None:
+            raise TypeError("prox_elastic_net: pass either l1_scale and l2_scale, or jaxopt's hyperparams=(lam, gam); "
+                            f"got l1_scale={l1_scale!r}, l2_scale={l2_scale!r}, hyperparams={hyperparams!r}.")
+        l1 = scaled_strengths(l1_scale, scaling, x, "l1_scale")
+        l2 = scaled_strengths(l2_scale, scaling, x, "l2_scale")
     leaves, treedef = jax.tree_util.tree_flatten(x)
     out = [
         leaf if a is None else prox_elastic_net_unchecked(jnp.asarray(leaf), a, b)
         for leaf, a, b in zip(leaves, l1, l2)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _jaxopt_pair(pair: Any, l1_scale: Any, hyperparams: Any) -> tuple[Any, Any]:
+    """jaxopt's (lam, gam), default (1, 1); anything else is a ``TypeError`` naming both forms."""
+    if hyperparams is not None and l1_scale is not None:
+        raise TypeError("prox_elastic_net: pass either l1_scale and l2_scale, or jaxopt's hyperparams=(lam, gam), "
+                        "not both.")
+    if pair is None:
+        return 1.0, 1.0
+    if isinstance(pair, (tuple, list)) and len(pair) == 2:
+        return pair[0], pair[1]
+    raise TypeError(f"prox_elastic_net takes (x, l1_scale, l2_scale), or jaxopt's (x, (lam, gam)); got l2_scale "
+                    f"left out and {pair!r} instead of a (lam, gam) pair. Pass l2_scale, or the pair.")

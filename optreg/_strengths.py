@@ -37,6 +37,14 @@ def check_strength_value(value: Any, name: str) -> None:
     check_nonnegative(value, name)
 
 
+def check_scaling(scaling: Any, strengths: str) -> None:
+    """jaxopt's ``scaling``: one finite number >= 0 (per-leaf or per-entry values belong in ``strengths``)."""
+    check_strength_value(scaling, "scaling")
+    if jnp.ndim(scaling) != 0:
+        raise ValueError(f"scaling must be one number, got shape {jnp.shape(scaling)}; put per-leaf or per-entry "
+                         f"strengths in {strengths}.")
+
+
 def clip_negative(value: jax.Array) -> jax.Array:
     """value where it is >= 0, else 0 (a runtime negative strength acts as 0; NaN stays NaN).
 

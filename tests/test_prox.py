@@ -382,7 +382,10 @@ def test_namespaces_hold_only_the_public_operators_and_old_spellings_still_impor
     import optreg.projections
     import optreg.prox
 
-    for module, names in ((optreg.prox, {"prox_lq", "tree_prox_lq", "prox_elastic_net", "prox_group_lasso"}),
+    jaxopt_names = {"prox_none", "prox_lasso", "prox_non_negative_lasso", "prox_ridge", "prox_non_negative_ridge",
+                    "make_prox_from_projection"}
+    for module, names in ((optreg.prox, {"prox_lq", "tree_prox_lq", "prox_elastic_net", "prox_group_lasso"}
+                           | jaxopt_names),
                           (optreg.projections, {"projection_lq_ball"})):
         public = {n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
         assert public == names == set(module.__all__)
