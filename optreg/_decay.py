@@ -159,7 +159,9 @@ def add_decayed_weights_q(
 ) -> optax.GradientTransformation:
     """Adds λ·sign(w)·|w|^(q−1), the gradient of (λ/q)·Σ|w|^q, to the updates.
 
-    With ``q = 2`` this is ``optax.add_decayed_weights(λ)``. Chained *before*
+    With ``q = 2`` this is ``optax.add_decayed_weights(λ)`` on floating leaves;
+    non-floating ones (a step counter kept in the params) get no decay and keep
+    their dtype, where optax's would add λ·w to them as floats. Chained *before*
     an optimizer it is a coupled penalty (Adam + L2, PyTorch ``weight_decay``);
     chained between ``optax.scale_by_adam()`` and
     ``optax.scale_by_learning_rate(lr)`` it is decoupled (AdamW).

@@ -727,13 +727,21 @@ def _check_finite(losses: dict[str, float], phase: str, settings: _Settings) -> 
 def _warn_if_loss_rose(losses: dict[str, float], snapped_rate: Optional[float], report: CompressionReport,
                        settings: _Settings) -> None:
     """A :class:`CompressionWarning` when the stored network's loss exceeds the input's by more than allowed
-    (``snapped_rate``: the rate the fine-tune's pruning decision saw, None without a floor)."""
+    (``snapped_rate``: the rate the fine-tune's pruning decision saw, None without a floor). The cause it
+    names: retraining, when the float network had already lost more than allowed and the rest added no
+    more than that; else the floor, when the fine-tune pruned to meet it; else the prior at the snap."""
     if settings.warn_loss_rise is None or not losses["final"] - losses["start"] > settings.warn_loss_rise:
         return
     rise = (f"soft_share_compress: the stored network's mean loss on the first training batches is "
             f"{losses['final']:.4g}, the input's {losses['start']:.4g} (a rise of more than warn_loss_rise="
             f"{settings.warn_loss_rise:g}); check its accuracy. ")
-    if snapped_rate is not None and settings.min_rate is not None and snapped_rate < settings.min_rate:
+    allowed = settings.warn_loss_rise
+    if losses["retrained"] - losses["start"] > allowed and losses["final"] - losses["retrained"] <= allowed:
+        cause = (f"The prior itself took weights the network needs while retraining: the float network's loss had "
+                 f"risen to {losses['retrained']:.4g} before snapping and pruning (stored at "
+                 f"{report.compression_rate:.1f}x). If its accuracy fell, lower weight_decay or the retraining's "
+                 f"step (learning_rate={settings.learning_rate:g}).")
+    elif snapped_rate is not None and settings.min_rate is not None and snapped_rate < settings.min_rate:
         left_out = [layer for layer in report.layers if not layer.quantized]
         share = f" (the {sum(layer.size for layer in left_out)} weights left out of the mask take " \
             f"{_floor_share(sum(layer.bits for layer in left_out), report.size, settings.min_rate):.0f} % of the " \

@@ -162,6 +162,17 @@ def test_a_prior_that_takes_needed_weights_warns_without_blaming_the_floor(train
     assert out.losses["final"] - out.losses["start"] > 0.05
 
 
+def test_a_network_lost_in_retraining_is_blamed_on_the_retraining_not_on_the_floor(trained):
+    """A retraining step of 3 (Adam) wrecks the float network before any snap or pruning; the fine-tune
+    recovers part of it, and the floor is not the cause."""
+    with pytest.warns(optreg.CompressionWarning, match=r"while retraining: the float network's loss had risen.*"
+                                                       r"learning_rate=3\)"):
+        out = optreg.soft_share_compress(loss_fn, trained, batches(8), num_examples=len(X), steps=60,
+                                         finetune_steps=20, learning_rate=3.0)
+    assert out.losses["retrained"] - out.losses["start"] > 0.05
+    assert out.losses["final"] - out.losses["retrained"] <= 0.05
+
+
 @pytest.mark.parametrize("settings", [{"min_rate": 100.0, "warn_loss_rise": None},
                                       {"min_rate": 100.0, "warn_loss_rise": 1e6},
                                       {"min_rate": None, "steps": 300, "finetune_steps": 300}])
