@@ -19,7 +19,7 @@ import optax
 
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive, require_params
-from optreg._decay import DEFAULT_EPS, lq_gradient
+from optreg._decay import DEFAULT_EPS, lq_gradient, safe_power_sum
 from optreg._hyper import Hyperparameter
 from optreg._numerics import compute_dtype
 from optreg._tree import Mask
@@ -143,7 +143,7 @@ def decay_towards_penalty(
         if chosen and _tree.is_floating(weight):
             weight = jnp.asarray(weight)
             dtype = compute_dtype(weight.dtype)
-            total = total + jnp.sum(jnp.abs(weight.astype(dtype) - jnp.asarray(leaf).astype(dtype)) ** q)
+            total = total + safe_power_sum(weight.astype(dtype) - jnp.asarray(leaf).astype(dtype), q)
     return _hyper.penalty_value(weight_decay, count) / q * total
 
 

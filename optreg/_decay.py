@@ -31,7 +31,7 @@ from optreg._tree import Mask
 DEFAULT_EPS = 1e-8
 
 
-def _safe_power_sum(leaf: jax.Array, q: float) -> jax.Array:
+def safe_power_sum(leaf: jax.Array, q: float) -> jax.Array:
     """Σ|w|^q in the compute dtype, with derivative 0 (not NaN) at w = 0 for every q."""
     magnitude = jnp.abs(leaf.astype(compute_dtype(leaf.dtype)))
     if q == 2.0:
@@ -84,7 +84,7 @@ def lq_penalty(
     total = jnp.zeros([], jnp.float32)
     for leaf, chosen in zip(jax.tree.leaves(params), selected, strict=True):
         if chosen and _tree.is_floating(leaf):
-            total = total + _safe_power_sum(jnp.asarray(leaf), q)
+            total = total + safe_power_sum(jnp.asarray(leaf), q)
     return _hyper.penalty_value(weight_decay, count).astype(total.dtype) / q * total
 
 

@@ -121,6 +121,10 @@ def add_orthogonal_decay(weight_decay: Hyperparameter, *, mask: Mask = None) -> 
     Orthogonal regularization (Brock et al. 2017, 2019): each kernel, reshaped
     to (−1, fan_out), is pulled towards orthonormal columns, i.e. all its
     singular values towards 1. Leaves with ndim < 2 pass through untouched.
+    The reshape takes the last axis as the output units (Flax's layouts). Channels-first
+    convolution weights (Equinox's and PyTorch's (out, in, kh, kw)) would be paired by kernel
+    width: leave them out with ``mask`` (2-D weights in either layout have the same singular
+    values, so Equinox ``Linear`` weights are fine).
     Chain it before the optimizer, as a loss term::
 
         optax.chain(optreg.add_orthogonal_decay(1e-4, mask=optreg.decay_mask), optax.adam(lr))

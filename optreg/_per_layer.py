@@ -20,9 +20,8 @@ import optax
 
 from optreg import _hyper, _tree
 from optreg._checks import check_exponent, check_positive, require_params
-from optreg._decay import DEFAULT_EPS, lq_gradient
+from optreg._decay import DEFAULT_EPS, lq_gradient, safe_power_sum
 from optreg._hyper import CountState, Hyperparameter
-from optreg._numerics import compute_dtype
 from optreg._tree import Mask
 
 WeightDecays = Union[Mapping[str, Hyperparameter], Callable[[str, Any], Optional[Hyperparameter]], Any]
@@ -270,8 +269,7 @@ def per_layer_penalty(
     for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):
         if entry.weight_decay is not None:
             lam = _hyper.penalty_value(entry.weight_decay, count)
-            magnitude = jnp.abs(jnp.asarray(leaf).astype(compute_dtype(jnp.asarray(leaf).dtype)))
-            total = total + lam / q * jnp.sum(magnitude**q)
+            total = total + lam / q * safe_power_sum(jnp.asarray(leaf), q)
     return total
 
 

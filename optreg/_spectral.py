@@ -196,6 +196,10 @@ def add_spectral_decay(
     right after ``init`` it starts from a fixed random vector and
     approaches σ_max geometrically, at the rate (σ₂/σ₁)² per iteration. Leaves
     with ndim < 2 pass through untouched. Chain it as a loss term::
+    The reshape takes the last axis as the output units (Flax's layouts). Channels-first
+    convolution weights (Equinox's and PyTorch's (out, in, kh, kw)) would be paired by kernel
+    width: leave them out with ``mask`` (2-D weights in either layout have the same singular
+    values, so Equinox ``Linear`` weights are fine).
 
         optax.chain(optreg.add_spectral_decay(1e-3, mask=optreg.decay_mask), optax.adam(lr))
 
@@ -253,13 +257,15 @@ def add_spectral_decay(
     def update_fn(updates: Any, state: SpectralState, params: Optional[Any] = None) -> tuple[Any, SpectralState]:
         params = require_params(params, "add_spectral_decay")
         flags = _decayed(params, mask)
-        if len(state.vectors) != sum(flags):
-            raise ValueError(f"add_spectral_decay: the state holds {len(state.vectors)} vectors but the params have "
+        held = state.vectors if isinstance(state.vectors, tuple) else ()  # init's placeholder: params without arrays
+        if len(held) != sum(flags):
+            raise ValueError(f"add_spectral_decay: the state holds {len(held)} vectors but the params have "
                              f"{sum(flags)} decayed kernels; initialise the state with these params and this mask.")
         lam = _hyper.value_at(weight_decay, state.count)
-        added, vectors = _decay_terms(params, flags, state.vectors, lam, num_iterations)
+        added, vectors = _decay_terms(params, flags, held, lam, num_iterations)
         new_updates = _tree.map_selected(lambda g, w, t: (g + t.astype(g.dtype)).astype(g.dtype),
                                          flags, updates, params, added)
-        return new_updates, SpectralState(optax.safe_int32_increment(state.count), vectors)
+        kept = vectors if isinstance(state.vectors, tuple) else state.vectors  # the state keeps its structure
+        return new_updates, SpectralState(optax.safe_int32_increment(state.count), kept)
 
     return optax.GradientTransformation(init_fn, update_fn)

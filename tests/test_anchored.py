@@ -327,3 +327,15 @@ def test_update_without_params_says_how_to_fix(tree):
     tx = optreg.decay_towards("init", 0.1)
     with pytest.raises(ValueError, match="needs the current parameters"):
         tx.update(tree, tx.init(tree))
+
+
+@pytest.mark.parametrize("q", [0.5, 0.7, 1.0, 1.5])
+def test_penalty_gradient_at_the_anchor_is_zero_like_the_transform(q):
+    """At w = a (every weight at L2-SP's first step) |w − a|^q has its kink: the transform adds g_q(0) = 0, and the
+    penalty's gradient must be that 0 (it was NaN for q < 1 and λ for q = 1)."""
+    w = {"w": jnp.array([0.0, 1.0, -2.0])}
+    anchor = {"w": jnp.array([0.0, 1.0, 0.5])}
+    grad = np.asarray(jax.grad(optreg.decay_towards_penalty)(w, anchor, 0.3, q)["w"])
+    np.testing.assert_allclose(grad, [0.0, 0.0, pull_by_hand(-2.0, 0.5, 0.3, q)], rtol=1e-6)
+    added = apply(optreg.decay_towards(anchor, 0.3, q), jax.tree.map(jnp.zeros_like, w), w)["w"]
+    np.testing.assert_array_equal(np.asarray(added)[:2], 0.0)

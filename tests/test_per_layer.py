@@ -264,3 +264,13 @@ def test_decay_mask_on_nnx_state():
     flat = dict(zip(optreg._tree.leaf_paths(mask), jax.tree.leaves(mask)))
     assert flat["linear1/kernel"] and flat["conv/kernel"]
     assert not flat["linear1/bias"] and not flat["norm/scale"] and not flat["bn/scale"]
+
+
+@pytest.mark.parametrize("q", [0.5, 0.7, 1.0])
+def test_penalty_gradient_at_zero_weights_is_zero_like_the_transform(q):
+    """|w|^q has its kink at w = 0, where the transform adds 0: the penalty's gradient was inf for q < 1."""
+    params = {"w": jnp.array([0.0, 1.0, -2.0])}
+    grad = np.asarray(jax.grad(lambda p: optreg.per_layer_penalty(p, {"w": 0.3}, q))(params)["w"])
+    np.testing.assert_allclose(grad, [0.0, 0.3, -0.3 * 2.0 ** (q - 1)], rtol=1e-6)
+    tx = optreg.per_layer_decay({"w": 0.3}, q=q)
+    assert float(tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)[0]["w"][0]) == 0.0

@@ -311,3 +311,14 @@ def test_update_without_params_says_how_to_fix():
     tx = optreg.add_spectral_decay(0.1)
     with pytest.raises(ValueError, match="needs the current parameters"):
         tx.update(params, tx.init(params))
+
+
+def test_params_without_arrays_or_kernels_pass_through_eagerly_and_under_jit():
+    """Empty params (init's placeholder state) and biases only: no kernel to decay, the updates unchanged."""
+    tx = optreg.add_spectral_decay(0.1)
+    for params in ({}, {"bias": jnp.ones(3)}):
+        state = tx.init(params)
+        for update in (tx.update, jax.jit(tx.update)):
+            out, new_state = update(params, state, params)
+            chex.assert_trees_all_equal(out, params)
+            assert jax.tree.structure(new_state) == jax.tree.structure(state) and int(new_state.count) == 1
