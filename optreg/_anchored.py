@@ -41,6 +41,10 @@ class AnchorState(NamedTuple):
     anchor: Any
 
 
+#: The fix for an Equinox module passed whole (its activation functions are leaves too).
+_EQUINOX_FIX = "; for an Equinox module pass its arrays only: eqx.filter(model, eqx.is_array)"
+
+
 def _check_anchor(anchor: Any, *, allow_init: bool = True) -> None:
     """At construction: ``"init"`` or a non-empty pytree of real arrays."""
     fix = "pass 'init' (the params seen by init) or a pytree of arrays with the params' structure"
@@ -62,7 +66,8 @@ def _check_anchor(anchor: Any, *, allow_init: bool = True) -> None:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None:
             if not isinstance(leaf, (bool, int, float, np.number)):
-                raise TypeError(f"anchor leaf {_tree.path_to_string(path)!r} must be an array or number, got {leaf!r}.")
+                raise TypeError(f"anchor leaf {_tree.path_to_string(path)!r} must be an array or number, got {leaf!r}"
+                                f"{_EQUINOX_FIX}.")
             continue
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(f"anchor leaf {_tree.path_to_string(path)!r} has dtype {dtype}; anchors are real numbers.")
@@ -228,6 +233,10 @@ def decay_towards(
         count = _hyper.init_count().count
         if not _tree.has_arrays(params):  # optax's tree_map_params placeholder: the anchor mirrors the params
             return AnchorState(count, params)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            if getattr(leaf, "dtype", None) is None and not isinstance(leaf, (bool, int, float, np.number)):
+                raise TypeError(f"decay_towards: params leaf {_tree.path_to_string(path)!r} is not an array "
+                                f"({leaf!r}), and the anchor copies every leaf{_EQUINOX_FIX}.")
         _tree.resolve_mask(mask, params)
         leaves = jax.tree.leaves(params) if from_init else _anchor_leaves(anchor, params)
         copies = [jnp.array(leaf, dtype=jnp.asarray(param).dtype, copy=True)  # a copy: params may be donated

@@ -8,6 +8,7 @@ Layers are chosen by their Flax parameter paths ('/'-joined keys:
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import re
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class _Rules:
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
         paths = [_tree.path_to_string(path) for path, _ in flat]
         leaves = [leaf for _, leaf in flat]
-        selected = _tree.resolve_mask(self.mask, params)
+        selected = _tree.resolve_mask(self.mask, params, statistics=True)  # only the rules' leaves are checked
         if self.patterns is not None:
             decays, reasons = self._from_patterns(paths, leaves, selected)
         elif _tree.is_function(self.source):
@@ -212,7 +213,8 @@ def per_layer_decay(
     def init_fn(params: Any) -> CountState:
         _tree.check_real(params)
         if _tree.has_arrays(params):  # the rules are checked again in update
-            rules.resolve(params)
+            resolved = rules.resolve(params)
+            _tree.check_no_running_statistics(params, [entry.weight_decay is not None for entry in resolved])
         return _hyper.init_count()
 
     def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:
@@ -290,11 +292,43 @@ def _find_per_layer_decays(transform: Any, depth: int = 0, seen: Optional[set] =
         children = list(transform.values())
     elif isinstance(transform, optax.GradientTransformation):
         children = [transform.init, transform.update]
-    elif callable(transform) and getattr(transform, "__closure__", None):
-        children = [cell.cell_contents for cell in transform.__closure__ if _has_contents(cell)]
+    elif callable(getattr(transform, "gradient_transformation", None)):  # optax.MultiSteps
+        children = [transform.gradient_transformation(), *vars(transform).values()]
+    elif inspect.ismethod(transform):
+        children = [transform.__self__]
+    elif callable(transform):
+        children = _closure(transform)
+        rebuilt = _injected_per_layer_decay(children, seen)
+        if rebuilt is not None:
+            return rebuilt
     for child in children:
         found.extend(_find_per_layer_decays(child, depth + 1, seen))
     return found
+
+
+def _injected_per_layer_decay(contents: list[Any], seen: set) -> Optional[list[PerLayerDecay]]:
+    """The per-layer decay that ``optax.inject_hyperparams(per_layer_decay, ...)`` builds at each update
+    (its init's and update's closures hold the factory and the keyword dicts; no instance exists
+    between updates): None if ``contents`` are not such a closure, [] if its decay was found already."""
+    if not any(item is per_layer_decay for item in contents):
+        return None
+    kwargs: dict[str, Any] = {}
+    for item in contents:
+        if isinstance(item, dict):
+            kwargs.update(item)
+    holder = next((item for item in contents if isinstance(item, dict) and "weight_decays" in item), None)
+    if holder is None:
+        return None
+    if ("injected", id(holder)) in seen:
+        return []
+    seen.add(("injected", id(holder)))
+    allowed = inspect.signature(per_layer_decay).parameters
+    return [cast(PerLayerDecay, per_layer_decay(**{k: v for k, v in kwargs.items() if k in allowed}))]
+
+
+def _closure(function: Any) -> list[Any]:
+    """What a function's closure holds (nothing for a function without one)."""
+    return [cell.cell_contents for cell in getattr(function, "__closure__", None) or () if _has_contents(cell)]
 
 
 def _has_contents(cell: Any) -> bool:
@@ -329,7 +363,8 @@ def describe(tx_or_rules: Any, params: Any, *, mask: Mask = None) -> str:
       bias    (2,)    float32  -             no rule matches
       kernel  (3, 2)  float32  0.0001        rule 'kernel'
     """
-    if isinstance(tx_or_rules, optax.GradientTransformation):
+    if isinstance(tx_or_rules, optax.GradientTransformation) or \
+            callable(getattr(tx_or_rules, "gradient_transformation", None)):
         found = _find_per_layer_decays(tx_or_rules)
         if len(found) != 1:
             what = "no per_layer_decay" if not found else f"{len(found)} per_layer_decay transforms"

@@ -84,15 +84,40 @@ def broadcast_prefix(prefix: Any, tree: Any) -> list[Any]:
     return treedef.flatten_up_to(spread)
 
 
-def resolve_mask(mask: Mask, params: Any, *, name: str = "mask") -> list[bool]:
+#: The path component under which Flax linen keeps BatchNorm's running statistics in a variables dict.
+RUNNING_STATISTICS = "batch_stats"
+
+
+def check_no_running_statistics(params: Any, acted_on: list[bool]) -> None:
+    """A ``ValueError`` when a transform would act on a linen ``batch_stats`` leaf (running statistics are
+    not parameters: decaying them moves BatchNorm's inference statistics, silently)."""
+    for (path, leaf), acts in zip(jax.tree_util.tree_flatten_with_path(params)[0], acted_on, strict=True):
+        where = path_to_string(path)
+        if acts and is_floating(leaf) and RUNNING_STATISTICS in where.split("/"):
+            raise ValueError(
+                f"the params hold Flax's running statistics ({where!r}) and this transform would act on them. "
+                "They are not parameters: give the optimizer variables['params'] only (close over batch_stats in "
+                "the loss), or leave them out with mask=optreg.decay_mask.")
+
+
+def resolve_mask(mask: Mask, params: Any, *, name: str = "mask", statistics: bool = False) -> list[bool]:
     """One bool per leaf of ``params``: where the transform applies.
 
     Like optax, ``mask`` is ``None`` (everything), a pytree with the same
     structure as ``params`` (or a prefix of it) with bool leaves, or a function
     ``params -> such a pytree``. A pytree is never called, even when it is
     callable (an Equinox module is): see :func:`is_function`. A mask that does
-    not fit ``params`` is an error, never a silent no-op.
+    not fit ``params`` is an error, never a silent no-op. Selected linen ``batch_stats`` leaves are
+    an error too (see :func:`check_no_running_statistics`) unless ``statistics`` (the caller decides
+    later which leaves it acts on, and checks them then).
     """
+    flags = _mask_flags(mask, params, name)
+    if not statistics:
+        check_no_running_statistics(params, flags)
+    return flags
+
+
+def _mask_flags(mask: Mask, params: Any, name: str) -> list[bool]:
     treedef: Any = jax.tree_util.tree_structure(params)  # jax's PyTreeDef is untyped for mypy
     if mask is None:
         return [True] * treedef.num_leaves

@@ -339,3 +339,13 @@ def test_penalty_gradient_at_the_anchor_is_zero_like_the_transform(q):
     np.testing.assert_allclose(grad, [0.0, 0.0, pull_by_hand(-2.0, 0.5, 0.3, q)], rtol=1e-6)
     added = apply(optreg.decay_towards(anchor, 0.3, q), jax.tree.map(jnp.zeros_like, w), w)["w"]
     np.testing.assert_array_equal(np.asarray(added)[:2], 0.0)
+
+
+def test_an_unfiltered_equinox_model_is_refused_naming_the_filter():
+    """An MLP's activation function is a leaf: copying it into the anchor failed inside jnp.array."""
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"params leaf 'activation' is not an array.*eqx.filter\(model, eqx.is_array\)"):
+        optreg.decay_towards("init", 0.1).init(model)
+    with pytest.raises(TypeError, match=r"anchor leaf 'activation'.*eqx.filter\(model, eqx.is_array\)"):
+        optreg.decay_towards(model, 0.1).init(eqx.filter(model, eqx.is_array))

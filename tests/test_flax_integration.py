@@ -175,6 +175,18 @@ def test_regularizers_on_a_full_variable_dict_skip_batch_stats() -> None:
         assert np.any(np.asarray(updates["params"]["Dense_0"]["kernel"]) != 0.0)
 
 
+def test_a_transform_that_would_act_on_batch_stats_is_refused_with_the_fix() -> None:
+    """Unmasked, or with a rule matching them, a transform decayed BatchNorm's running statistics silently."""
+    variables = jax.tree.map(lambda v: v + 0.5, LinenNet().init(jax.random.key(0), jnp.zeros((1, 8)), train=False))
+    for tx in (optreg.add_decayed_weights_q(1e-3, q=1.0), optreg.per_layer_decay({"kernel": 1e-3, "BatchNorm": 1e-2}),
+               optreg.decay_towards("init", 0.1), optreg.add_cautious_weight_decay(0.1)):
+        with pytest.raises(ValueError, match=r"running statistics \('batch_stats/BatchNorm_0/.*variables\['params'\]"
+                                             r".*mask=optreg.decay_mask"):
+            tx.init(variables)
+    table = optreg.describe({"kernel": 1e-3, "BatchNorm": 1e-2}, variables)  # describe shows, it does not act
+    assert "batch_stats/BatchNorm_0/mean" in table
+
+
 # ---------------------------------------------------------------------------
 # NNX
 # ---------------------------------------------------------------------------

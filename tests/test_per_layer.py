@@ -175,6 +175,24 @@ def test_describe_shows_each_parameter(linen_variables):
     assert table == optreg.describe(optax.chain(tx, optax.adam(1e-3)), params)  # found inside a chain
 
 
+def test_describe_finds_the_decay_inside_multi_steps_and_inject_hyperparams(linen_variables):
+    """MultiSteps is an object, not a GradientTransformation, and inject_hyperparams builds the decay inside each
+    update (no instance to find): describe was a pytree-structure error and "holds no per_layer_decay"."""
+    params = linen_variables["params"]
+    rules = {"Dense_0/kernel": 1e-3}
+    expected = optreg.describe(rules, params)
+    assert "0.001" in next(line for line in expected.splitlines() if line.startswith("Dense_0/kernel"))
+    multi = optax.MultiSteps(optax.chain(optreg.per_layer_decay(rules), optax.adam(1e-3)), every_k_schedule=2)
+    assert optreg.describe(multi, params) == expected
+    for static in (("q", "weight_decays"), ("q",)):
+        injected = optax.inject_hyperparams(optreg.per_layer_decay, static_args=static)(weight_decays=rules)
+        assert optreg.describe(optax.chain(injected, optax.adam(1e-3)), params) == expected
+    two = optax.chain(optreg.per_layer_decay(rules), optax.inject_hyperparams(optreg.per_layer_decay)(
+        weight_decays={"Dense_1/kernel": 1e-2}))
+    with pytest.raises(ValueError, match="holds 2 per_layer_decay transforms"):
+        optreg.describe(two, params)
+
+
 def test_linen_train_state_never_touches_batch_stats(linen_variables):
     state = train_state.TrainState.create(
         apply_fn=LinenNet().apply,
