@@ -57,6 +57,7 @@ def _resolve_groups(groups: Any, params: Any) -> list[Optional[np.ndarray]]:
         if len(flat) != 1 or array.shape != np.shape(flat[0][1]):
             raise ValueError(f"groups at {path!r} has shape {array.shape}, the parameter has {np.shape(flat[0][1])}.")
         out.append(array)
+    _tree.check_no_running_statistics(params, [label is not None and bool(np.any(label >= 0)) for label in out])
     return out
 
 

@@ -267,6 +267,7 @@ def per_layer_penalty(
     q = check_exponent(q)
     _tree.check_real(params)
     resolved = _Rules(weight_decays, mask).resolve(params)
+    _tree.check_no_running_statistics(params, [entry.weight_decay is not None for entry in resolved])
     total = jnp.zeros([], jnp.float32)
     for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):
         if entry.weight_decay is not None:

@@ -137,7 +137,10 @@ def project_lq_ball(
     its own (``per_leaf=True``), or over every slice of each selected leaf
     (``axis``: each unit gets its own ball; Keras' ``MaxNorm(m, axis=0)`` on
     Dense kernels is ``project_lq_ball(m, q=2, axis=0, mask=kernels)``). Place
-    it last in the chain, after the learning rate.
+    it last in the chain, after the learning rate. ``optax.apply_updates`` adds u' to params
+    in floating point, so the constraint holds up to that one rounding (a weight on the
+    boundary may land one unit in the last place outside it); project the params themselves
+    (``projection_lq_ball(params, ...)``) where it must hold to the bit.
 
     This is the constrained form of the general regularizer Σ|w|^q
     (Bishop & Bishop 2024, §9.2): a radius here plays the role of the

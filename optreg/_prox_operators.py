@@ -12,7 +12,7 @@ from its linearity, and ``vmap`` of either works.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -200,11 +200,12 @@ def prox_elastic_net(x: Any, l1_scale: Any = None, l2_scale: Any = None, *, hype
     in ``x`` and both scales are those of the closed form (exact zeros below the
     L1 threshold, where they are 0).
 
-    jaxopt's form is taken too: ``prox_elastic_net(x, (lam, gam))`` (or ``hyperparams=(lam,
-    gam)``, default (1, 1)) with ``scaling=`` is the penalty scaling·lam·(‖z‖₁ + (gam/2)·‖z‖²),
-    i.e. l1_scale = scaling·lam and l2_scale = scaling·lam·gam. It is recognised by
-    ``l2_scale`` being left out; jaxopt's third positional argument, ``scaling``, must be
-    passed by keyword here (the third positional argument is ``l2_scale``).
+    jaxopt's form is taken too, as its solvers call it: ``prox_elastic_net(x, (lam, gam),
+    scaling)`` (or ``hyperparams=(lam, gam)`` and ``scaling=``; default (1, 1)) is the penalty
+    scaling·lam·(‖z‖₁ + (gam/2)·‖z‖²), i.e. l1_scale = scaling·lam and l2_scale =
+    scaling·lam·gam. A pair (a tuple or list of two) in the second place is always read as
+    jaxopt's (lam, gam); per-leaf scales for an ``x`` that is itself a pair of leaves must then
+    go in jaxopt's form.
 
     Args:
       x: a real floating array or a pytree of them (non-floating leaves pass
@@ -214,7 +215,8 @@ def prox_elastic_net(x: Any, l1_scale: Any = None, l2_scale: Any = None, *, hype
         Left out with ``l2_scale``: jaxopt's ``hyperparams`` pair.
       l2_scale: >= 0, the same forms.
       hyperparams: jaxopt's (lam, gam), each in the forms of ``l1_scale`` (keyword-only).
-      scaling: one number >= 0 multiplying both scales (keyword-only; default 1).
+      scaling: one number >= 0 multiplying both scales (keyword-only; default 1; in jaxopt's
+        positional form the third argument).
 
     Returns:
       The structure, shapes and dtypes of ``x``.
@@ -235,14 +237,12 @@ def prox_elastic_net(x: Any, l1_scale: Any = None, l2_scale: Any = None, *, hype
       Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS-B 2005.
       Parikh & Boyd, "Proximal Algorithms", 2014 (§6.5.3).
     """
-    if l2_scale is None:
-        lam, gam = _jaxopt_pair(l1_scale if hyperparams is None else hyperparams, l1_scale, hyperparams)
-        l1 = scaled_strengths(lam, scaling, x, "hyperparams[0]")
-        l2 = [None if a is None else a * g for a, g in zip(l1, per_leaf(gam, x, "hyperparams[1]"))]
+    pair, scaling = _jaxopt_form(l1_scale, l2_scale, hyperparams, scaling)
+    if pair is not None:
+        l1 = scaled_strengths(pair[0], scaling, x, "hyperparams[0]")
+        l2 = [None if a is None else a * clip_negative(jnp.asarray(g))
+              for a, g in zip(l1, per_leaf(pair[1], x, "hyperparams[1]"))]
     else:
-        if hyperparams is not None or l1_scale is None:
-            raise TypeError("prox_elastic_net: pass either l1_scale and l2_scale, or jaxopt's hyperparams=(lam, gam); "
-                            f"got l1_scale={l1_scale!r}, l2_scale={l2_scale!r}, hyperparams={hyperparams!r}.")
         l1 = scaled_strengths(l1_scale, scaling, x, "l1_scale")
         l2 = scaled_strengths(l2_scale, scaling, x, "l2_scale")
     leaves, treedef = jax.tree_util.tree_flatten(x)
@@ -253,14 +253,34 @@ def prox_elastic_net(x: Any, l1_scale: Any = None, l2_scale: Any = None, *, hype
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _jaxopt_pair(pair: Any, l1_scale: Any, hyperparams: Any) -> tuple[Any, Any]:
-    """jaxopt's (lam, gam), default (1, 1); anything else is a ``TypeError`` naming both forms."""
-    if hyperparams is not None and l1_scale is not None:
-        raise TypeError("prox_elastic_net: pass either l1_scale and l2_scale, or jaxopt's hyperparams=(lam, gam), "
-                        "not both.")
-    if pair is None:
-        return 1.0, 1.0
-    if isinstance(pair, (tuple, list)) and len(pair) == 2:
-        return pair[0], pair[1]
-    raise TypeError(f"prox_elastic_net takes (x, l1_scale, l2_scale), or jaxopt's (x, (lam, gam)); got l2_scale "
-                    f"left out and {pair!r} instead of a (lam, gam) pair. Pass l2_scale, or the pair.")
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2
+
+
+def _jaxopt_form(l1_scale: Any, l2_scale: Any, hyperparams: Any, scaling: Any) -> tuple[Optional[tuple], Any]:
+    """(jaxopt's (lam, gam) or None for the l1/l2 form, the scaling), from how ``prox_elastic_net`` was called.
+
+    jaxopt's form: ``hyperparams=``, or a pair in the second place (its solvers call
+    ``prox(x, hyperparams, scaling)`` positionally: a third positional argument is then the scaling),
+    or nothing (its default (1, 1)). Anything else without ``l2_scale`` is a ``TypeError`` naming both forms.
+    """
+    if hyperparams is not None or _is_pair(l1_scale):
+        if hyperparams is not None and l1_scale is not None:
+            raise TypeError("prox_elastic_net: pass either l1_scale and l2_scale, or jaxopt's hyperparams=(lam, gam), "
+                            "not both.")
+        pair = hyperparams if hyperparams is not None else l1_scale
+        if not _is_pair(pair):
+            raise TypeError(f"prox_elastic_net: hyperparams must be jaxopt's pair (lam, gam), got {pair!r}.")
+        if l2_scale is not None:  # jaxopt's positional scaling
+            if not (isinstance(scaling, (int, float)) and scaling == 1.0):
+                raise TypeError("prox_elastic_net: jaxopt's scaling given twice (third argument and scaling=).")
+            scaling = l2_scale
+        return (pair[0], pair[1]), scaling
+    if l2_scale is None:
+        if l1_scale is None:
+            return (1.0, 1.0), scaling
+        raise TypeError(f"prox_elastic_net takes (x, l1_scale, l2_scale), or jaxopt's (x, (lam, gam), scaling); got "
+                        f"l1_scale={l1_scale!r} and no l2_scale. Pass l2_scale, or the (lam, gam) pair.")
+    return None, scaling
+
+

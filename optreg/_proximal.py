@@ -271,7 +271,9 @@ def scale_by_learning_rate_and_prox(
         # integer and bool updates pass through (optreg's rule for non-floating leaves), None stays None
         scaled = jax.tree.map(lambda new, old: new if old is not None and _tree.is_floating(old) else old,
                               scaled, updates, is_leaf=lambda x: x is None)
-        probe, _ = step.update(jnp.ones((), jnp.float32), state.step, None, **extra_args)
+        floating = [leaf for leaf in jax.tree.leaves(updates) if _tree.is_floating(leaf)]
+        dtype = jnp.result_type(jnp.float32, *floating)  # float64 params get a float64 rate
+        probe, _ = step.update(jnp.ones((), dtype), state.step, None, **extra_args)
         rate = -jnp.asarray(probe)
         new_updates, prox_state = proximal(rate).update(scaled, state.prox, params)
         return new_updates, LearningRateAndProxState(step=step_state, prox=prox_state)

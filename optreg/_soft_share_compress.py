@@ -74,10 +74,12 @@ RATE_CONTROL_MIN_INTERVAL, ZERO_MIXING_RANGE = 10, (0.9, 0.9995)
 DEFAULT_WARN_LOSS_RISE = 0.05
 #: loss(batch given twice) / loss(batch) above this marks a sum over the batch (a mean gives 1, a sum 2).
 SUM_RATIO = 1.5
-#: A leaf with an all-zero gradient is taken as used (frozen) when zeroing it moves the loss by more than
+#: A leaf with an all-zero gradient is taken as used (frozen) when scaling it moves the loss by more than
 #: this fraction of it (an unused leaf leaves it unchanged to the bit; the slack is for reductions whose
 #: order may vary on accelerators).
 FROZEN_CHANGE = 1e-6
+#: The relative scaling that tells a frozen leaf (the loss moves) from an unused one or a flat loss (it does not).
+NUDGE = 1e-2
 
 
 class CompressionWarning(UserWarning):
@@ -680,30 +682,35 @@ def _check_loss_fn(loss_fn: Callable[[Any, Any], Any], params: Any, batch: Any, 
 
 def _check_leaves_get_gradient(loss: Callable[[Any, Any], Any], layout: _Layout, batch: Any) -> None:
     """Quantised leaves to which ``loss`` gives an all-zero gradient on the first batch, which only the prior
-    would move (to 0): refused when zeroing one changes the loss (a frozen leaf, behind ``stop_gradient``:
-    a frozen-feature CNN went to chance accuracy), a :class:`CompressionWarning` otherwise (an unused leaf,
-    which the count would take as free weights)."""
+    would move (to 0). Each is scaled by 1 + :data:`NUDGE`: a leaf that then moves the loss is used but frozen
+    (behind ``stop_gradient``: a frozen-feature CNN went to chance accuracy), and is refused; if none moves it,
+    they are unused (a :class:`CompressionWarning`: the count would take them as free weights), unless every
+    leaf is idle, which is a loss flat on this batch (a hinge loss with every margin met): no verdict."""
     values = layout.normalised()
     grads = jax.jit(jax.grad(loss))(values, batch)
-    idle = [k for k, (keep, g, v) in enumerate(zip(layout.quantised, grads, values))
-            if keep and np.size(g) and not np.any(np.asarray(g)) and np.any(np.asarray(v))]
+    quantised = [k for k, keep in enumerate(layout.quantised) if keep and np.any(np.asarray(values[k]))]
+    idle = [k for k in quantised if not np.any(np.asarray(grads[k]))]
     if not idle:
         return
     start = float(loss(values, batch))
-    frozen = [k for k in idle if abs(float(loss([jnp.zeros_like(v) if j == k else v for j, v in enumerate(values)],
-                                                batch)) - start) > FROZEN_CHANGE * max(1.0, abs(start))]
-    paths = [layout.paths[layout.floating[k]] for k in (frozen or idle)]
-    if frozen:
+
+    def moves(chosen: set) -> bool:
+        nudged = [v * (1.0 + NUDGE) if k in chosen else v for k, v in enumerate(values)]
+        return abs(float(loss(nudged, batch)) - start) > FROZEN_CHANGE * max(1.0, abs(start))
+
+    if moves(set(idle)):
+        frozen = [k for k in idle if moves({k})] or idle
         raise ValueError(
-            f"soft_share_compress: loss_fn uses the leaves {paths} but gives them an all-zero gradient on the first "
-            "batch (frozen, e.g. behind jax.lax.stop_gradient): only the prior would move them, to 0. Leave them "
-            "out with mask= (they are then returned as they are, stored at 32 bits), or pass only the trainable "
-            "parameters and close over the frozen ones in loss_fn.")
-    warnings.warn(
-        f"soft_share_compress: loss_fn does not use the leaves {paths} (an all-zero gradient on the first batch, "
-        "and zeroing them leaves its value unchanged): the prior will zero them and the count will take them as "
-        "free weights. Leave them out of params (or out of the mask, stored at 32 bits) if they are not part of "
-        "the network.", CompressionWarning, stacklevel=3)
+            f"soft_share_compress: loss_fn uses the leaves {[layout.paths[layout.floating[k]] for k in frozen]} but "
+            "gives them an all-zero gradient on the first batch (frozen, e.g. behind jax.lax.stop_gradient): only "
+            "the prior would move them, to 0. Leave them out with mask= (they are then returned as they are, stored "
+            "at 32 bits), or pass only the trainable parameters and close over the frozen ones in loss_fn.")
+    if len(idle) < len(quantised):
+        warnings.warn(
+            f"soft_share_compress: loss_fn does not use the leaves {[layout.paths[layout.floating[k]] for k in idle]} "
+            "(an all-zero gradient on the first batch, and scaling them leaves its value unchanged): the prior will "
+            "zero them and the count will take them as free weights. Leave them out of params (or out of the mask, "
+            "stored at 32 bits) if they are not part of the network.", CompressionWarning, stacklevel=3)
 
 
 def _check_finite(losses: dict[str, float], phase: str, settings: _Settings) -> None:

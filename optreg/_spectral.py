@@ -195,11 +195,12 @@ def add_spectral_decay(
     σ_max as the weights move (one iteration per step, as in the paper);
     right after ``init`` it starts from a fixed random vector and
     approaches σ_max geometrically, at the rate (σ₂/σ₁)² per iteration. Leaves
-    with ndim < 2 pass through untouched. Chain it as a loss term::
+    with ndim < 2 pass through untouched.
+
     The reshape takes the last axis as the output units (Flax's layouts). Channels-first
     convolution weights (Equinox's and PyTorch's (out, in, kh, kw)) would be paired by kernel
     width: leave them out with ``mask`` (2-D weights in either layout have the same singular
-    values, so Equinox ``Linear`` weights are fine).
+    values, so Equinox ``Linear`` weights are fine). Chain it as a loss term::
 
         optax.chain(optreg.add_spectral_decay(1e-3, mask=optreg.decay_mask), optax.adam(lr))
 
@@ -257,7 +258,8 @@ def add_spectral_decay(
     def update_fn(updates: Any, state: SpectralState, params: Optional[Any] = None) -> tuple[Any, SpectralState]:
         params = require_params(params, "add_spectral_decay")
         flags = _decayed(params, mask)
-        held = state.vectors if isinstance(state.vectors, tuple) else ()  # init's placeholder: params without arrays
+        listed = isinstance(state.vectors, (tuple, list))  # else init's placeholder for params without arrays
+        held = tuple(state.vectors) if listed else ()
         if len(held) != sum(flags):
             raise ValueError(f"add_spectral_decay: the state holds {len(held)} vectors but the params have "
                              f"{sum(flags)} decayed kernels; initialise the state with these params and this mask.")
@@ -265,7 +267,7 @@ def add_spectral_decay(
         added, vectors = _decay_terms(params, flags, held, lam, num_iterations)
         new_updates = _tree.map_selected(lambda g, w, t: (g + t.astype(g.dtype)).astype(g.dtype),
                                          flags, updates, params, added)
-        kept = vectors if isinstance(state.vectors, tuple) else state.vectors  # the state keeps its structure
+        kept = vectors if listed else state.vectors  # the placeholder state keeps its structure
         return new_updates, SpectralState(optax.safe_int32_increment(state.count), kept)
 
     return optax.GradientTransformation(init_fn, update_fn)

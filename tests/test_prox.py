@@ -323,7 +323,7 @@ def test_strength_errors_of_every_operator_name_the_argument():
     with pytest.raises(ValueError, match=r"l2_scale at 'b' has shape \(3,\)"):
         prox_elastic_net({"w": x, "b": jnp.ones(4)}, 0.1, {"w": 0.1, "b": jnp.ones(3)})
     with pytest.raises(ValueError, match="l1_scale"):
-        prox_elastic_net({"w": x}, [0.1, 0.2], 0.1)
+        prox_elastic_net({"w": x}, [0.1, 0.2, 0.3], 0.1)
     with pytest.raises(ValueError, match=r"per-group shape of x's leaf 'w' of shape \(1, 4\)"):
         prox_group_lasso({"w": x}, {"w": jnp.ones((3, 1))}, axis=0)  # one strength per unit is (1, 4)
     with pytest.raises(ValueError, match="axis=None"):

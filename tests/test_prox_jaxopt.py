@@ -87,6 +87,21 @@ def test_elastic_net_takes_jaxopt_pairs_as_the_same_scales():
     np.testing.assert_allclose(prox_elastic_net(x, 0.5, 0.1, scaling=2.0), prox_elastic_net(x, 1.0, 0.2), rtol=1e-6)
 
 
+def test_jaxopt_solvers_positional_call_prox_x_hyperparams_scaling():
+    """jaxopt's ProximalGradient calls prox(x, hyperparams_prox, stepsize) positionally, for every operator."""
+    x = (jnp.array([1.0, -2.0]), jnp.array([3.0]))
+    out = prox_elastic_net(x, (0.5, 2.0), 0.1)  # l1 = 0.05, l2 = 0.1: soft(x, 0.05) / 1.1
+    np.testing.assert_allclose(out[0], [0.95 / 1.1, -1.95 / 1.1], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [2.95 / 1.1], rtol=1e-6)
+    np.testing.assert_allclose(prox_elastic_net(x[0], [0.5, 2.0], 0.1), out[0], rtol=1e-6)  # a list is a pair too
+    for operator, reference in [(prox_lasso, lambda v: np.sign(v) * np.maximum(np.abs(v) - 0.05, 0)),
+                                (prox_ridge, lambda v: v / 1.05), (prox_group_lasso, lambda v: v * (1 - 0.05 / 5))]:
+        np.testing.assert_allclose(operator(jnp.array([3.0, -4.0]), 0.5, 0.1), reference(np.array([3.0, -4.0])),
+                                   rtol=1e-6)
+    with pytest.raises(TypeError, match="scaling given twice"):
+        prox_elastic_net(x, (0.5, 2.0), 0.1, scaling=0.2)
+
+
 def test_group_lasso_takes_jaxopt_scaling():
     x = jnp.array([3.0, 4.0])  # norm 5
     np.testing.assert_allclose(prox_group_lasso(x, 1.0, 2.0), [1.8, 2.4], rtol=1e-6)  # 1 - 2/5
@@ -112,6 +127,7 @@ def test_make_prox_from_projection_calls_the_projection_with_or_without_hyperpar
     (lambda: prox_lasso(jnp.arange(3), 0.1), TypeError, "real floating"),
     (lambda: prox_non_negative_lasso({"a": jnp.ones(2)}, {"b": 0.1}), ValueError, "l1reg"),
     (lambda: prox_elastic_net(jnp.ones(3), 0.5), TypeError, r"\(lam, gam\) pair"),
+    (lambda: prox_elastic_net(jnp.ones(3), hyperparams=0.5), TypeError, r"jaxopt's pair"),
     (lambda: prox_elastic_net(jnp.ones(3), 0.5, 0.1, hyperparams=(0.5, 0.1)), TypeError, "not both|either"),
     (lambda: prox_elastic_net(jnp.ones(3), (0.5, -0.1)), ValueError, r"hyperparams\[1\]"),
     (lambda: prox_group_lasso(jnp.ones(3), 0.1, -2.0), ValueError, "scaling"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -481,3 +483,16 @@ def test_group_lasso_and_per_unit_ball_work_under_inject_hyperparams():
     updates, _ = jax.jit(ball.update)(grads, state, params)
     norms = np.linalg.norm(np.asarray(optax.apply_updates(params, updates)["kernel"]), axis=0)
     np.testing.assert_allclose(norms, [0.1, 0.1], rtol=1e-6)
+
+
+def test_the_drift_free_form_computes_the_threshold_in_float64_for_float64_params():
+    """The rate was probed in float32: η·λ rounded to float32, 1.5e-9 off a float64 soft threshold."""
+    prox = functools.partial(optreg.proximal_lq, weight_decay=1.0, q=1.0)
+    tx = optax.chain(optax.identity(), optreg.scale_by_learning_rate_and_prox(0.1, prox))
+    with jax.enable_x64(True):
+        w, g = jnp.array([1.0, 0.5, -2.0]), jnp.array([0.3, -0.2, 0.1])
+        updates, _ = tx.update(g, tx.init(w), w)
+        step = np.asarray(w) - 0.1 * np.asarray(g)
+        expected = np.sign(step) * np.maximum(np.abs(step) - 0.1, 0.0) - np.asarray(w)
+        assert updates.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(updates), expected, rtol=0, atol=1e-15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import jax
@@ -444,8 +445,8 @@ def test_unused_leaves_warn_and_frozen_ones_are_refused_and_kept_to_the_bit_when
     """A leaf the loss gives no gradient is moved by the prior alone: unused, it is zeroed and counted free (a
     warning); used behind jax.lax.stop_gradient, zeroing it changes the network (refused, with the mask= fix)."""
     extra = {**trained, "extra": jnp.asarray(np.random.default_rng(1).normal(size=(12, 3)), jnp.float32)}
-    uses_frozen = lambda p, b: loss_fn(p, b) + 1e-3 * jnp.mean(  # noqa: E731
-        b[0] @ jax.lax.stop_gradient(p["extra"]))
+    uses_frozen = lambda p, b: loss_fn(p, b) + 1e-2 * jnp.mean(  # noqa: E731
+        (b[0] @ jax.lax.stop_gradient(p["extra"])) ** 2)
     settings = {"num_examples": len(X), "steps": 20, "finetune_steps": 20, "min_rate": None, "warn_loss_rise": None}
     with pytest.warns(optreg.CompressionWarning, match=r"does not use the leaves \['extra'\].*out of params"):
         optreg.soft_share_compress(loss_fn, extra, batches(8), **settings)
@@ -456,3 +457,21 @@ def test_unused_leaves_warn_and_frozen_ones_are_refused_and_kept_to_the_bit_when
         warnings.simplefilter("error", optreg.CompressionWarning)
         out = optreg.soft_share_compress(uses_frozen, extra, batches(8), mask=mask, **settings)
     np.testing.assert_array_equal(np.asarray(out.params["extra"]), np.asarray(extra["extra"]))
+
+
+def test_a_loss_flat_on_the_first_batch_is_neither_refused_nor_taken_for_unused_leaves():
+    """A hinge loss with every margin met has a zero gradient everywhere and stays 0 when weights are scaled: the
+    check cannot tell frozen from unused there and must say nothing (zeroing a leaf would change the loss)."""
+    w = jnp.asarray(TEACHER * 1e4)  # the smallest score gap on X is 1.4e-3: every margin >= 13
+    hinge = lambda p, b: jnp.mean(jax.nn.relu(1.0 - (b[0] @ p["w"])[jnp.arange(len(b[1])), b[1]]  # noqa: E731
+                                              + jnp.max(jnp.where(jax.nn.one_hot(b[1], 3) > 0, -jnp.inf,
+                                                                  b[0] @ p["w"]), axis=1)))
+    separated = [(X[i:i + 32], Y[i:i + 32]) for i in range(0, 512, 32)]
+    margins = [float(hinge({"w": w}, batch)) for batch in separated]
+    first = separated[0]
+    assert margins[0] == 0.0 and not np.any(np.asarray(jax.grad(hinge)({"w": w}, first)["w"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optreg.soft_share_compress(hinge, {"w": w}, itertools.cycle(separated), num_examples=512, steps=5,
+                                   finetune_steps=5, min_rate=None, warn_loss_rise=None)
+    assert not [w for w in caught if "does not use" in str(w.message)]
