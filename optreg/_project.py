@@ -13,7 +13,6 @@ equivalent to the penalised problem for a matching λ.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -107,18 +106,20 @@ def projection_lq_ball(tree: Any, radius: Any, q: float = 2.0, *, axis: Axis = N
             for index, x in zip(chosen, computed)
         ]
     for index, leaf, result in zip(chosen, inputs, projected):
-        leaves[index] = result.astype(leaf.dtype)
-        if q == math.inf and axis is None and leaf.dtype != result.dtype:
-            leaves[index] = _inside_after_rounding(leaves[index], clip_negative(jnp.asarray(radius)))
+        leaves[index] = result.astype(leaf.dtype) if leaf.dtype == result.dtype else \
+            _rounded_toward_zero(result, leaf.dtype)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _inside_after_rounding(z: jax.Array, radius: jax.Array) -> jax.Array:
-    """For q = ∞ in half precision: the radius rounded *down* to z's dtype bounds |z| (casting the
-    float32 projection can round up past a radius the half-precision grid cannot hold, e.g. 1e-6)."""
-    r = radius.astype(z.dtype)
-    r = jnp.where(r.astype(radius.dtype) > radius, jnp.nextafter(r, jnp.zeros_like(r)), r)
-    return jnp.clip(z, -r, r)
+def _rounded_toward_zero(result: jax.Array, dtype: Any) -> jax.Array:
+    """``result`` cast to a half-precision ``dtype`` with every |entry| rounded down, never up: the cast
+    stays inside any ball the float32 ``result`` is in, for every q (to nearest, a bf16 unit of norm 0.25
+    came out at 0.25039, and for q = ∞ a radius the half-precision grid cannot hold, e.g. 1e-6, was
+    exceeded). The derivative is the cast's: the one-ulp correction is held constant."""
+    z = result.astype(dtype)
+    held = jax.lax.stop_gradient(z)
+    outward = jnp.abs(held.astype(result.dtype)) > jnp.abs(jax.lax.stop_gradient(result))
+    return z + (jnp.where(outward, jnp.nextafter(held, jnp.zeros_like(held)), held) - held)
 
 
 def project_lq_ball(

@@ -422,3 +422,32 @@ def test_a_radius_that_turns_negative_at_run_time_gives_zero_never_flipped_weigh
         np.testing.assert_array_equal(optax.apply_updates(params, updates)["w"], 0.0)
         traced = jax.jit(lambda r, q=q: projection_lq_ball(params, r, q))(-1.0)
         np.testing.assert_array_equal(traced["w"], 0.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("q", [1.0, 1.5, 2.0, 3.0, math.inf])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_half_precision_projections_stay_inside_the_ball(dtype, q, axis):
+    """Rounded to nearest, a bf16 unit of norm 0.25 came out at 0.25039: every entry is now rounded towards 0,
+    and each is within one unit in the last place of the float32 projection."""
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(64, 16)), dtype)
+    got = projection_lq_ball(x, 0.37, q=q, axis=axis)
+    values = np.asarray(got, np.float64)
+    norms = np.max(np.abs(values), axis=axis) if q == math.inf else np.sum(np.abs(values) ** q, axis=axis) ** (1 / q)
+    assert got.dtype == dtype and np.all(norms <= 0.37)
+    exact = np.asarray(projection_lq_ball(x.astype(jnp.float32), 0.37, q=q, axis=axis), np.float64)
+    away = jnp.where(got < 0, -jnp.inf, jnp.inf).astype(dtype)  # the ulp on the side of larger magnitude
+    ulp = np.abs(np.asarray(jnp.nextafter(got, away), np.float64) - values)
+    assert np.all(np.abs(values - exact) <= ulp + 1e-12)
+    small = projection_lq_ball(jnp.array([[0.3, 0.05], [0.4, 0.01]], dtype), 0.25, q=2.0, axis=0)
+    assert np.all(np.linalg.norm(np.asarray(small, np.float64), axis=0) <= 0.25)
+
+
+def test_half_precision_radius_derivative_is_defined_for_every_q():
+    """The q = ∞ half-precision guard used nextafter on the radius, which has no derivative rule: jax.grad raised."""
+    x = jnp.array([[0.3, -0.9], [0.4, 0.01]], jnp.bfloat16)
+    for q in (2.0, math.inf):
+        grad = jax.grad(lambda r: projection_lq_ball(x, r, q=q).astype(jnp.float32).sum())(0.25)
+        fd = (projection_lq_ball(x.astype(jnp.float32), 0.26, q=q).sum()
+              - projection_lq_ball(x.astype(jnp.float32), 0.24, q=q).sum()) / 0.02
+        assert np.isfinite(float(grad)) and float(grad) == pytest.approx(float(fd), rel=2e-2)
