@@ -84,8 +84,9 @@ class _Rules:
                 "weight_decays must be a mapping regex -> λ, a callable (path, leaf) -> λ, or a pytree of λ."
             )
 
-    def resolve(self, params: Any) -> list[_ResolvedDecay]:
-        """One :class:`_ResolvedDecay` per leaf of ``params``; raises on a rule that matches nothing."""
+    def resolve(self, params: Any, *, acting: bool = True) -> list[_ResolvedDecay]:
+        """One :class:`_ResolvedDecay` per leaf of ``params``; raises on a rule that matches nothing, and
+        (``acting``: for a transform or a penalty, not for :func:`describe`) on a decayed running statistic."""
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
         paths = [_tree.path_to_string(path) for path, _ in flat]
         leaves = [leaf for _, leaf in flat]
@@ -115,6 +116,8 @@ class _Rules:
                 decay, reason = None, "not floating"
             dtype = str(getattr(leaf, "dtype", type(leaf).__name__))
             result.append(_ResolvedDecay(path, tuple(np.shape(leaf)), dtype, decay, reason))
+        if acting:
+            _tree.check_no_running_statistics(params, [entry.weight_decay is not None for entry in result])
         return result
 
     def _from_patterns(self, paths: list[str], leaves: list[Any], selected: list[bool]):
@@ -213,8 +216,7 @@ def per_layer_decay(
     def init_fn(params: Any) -> CountState:
         _tree.check_real(params)
         if _tree.has_arrays(params):  # the rules are checked again in update
-            resolved = rules.resolve(params)
-            _tree.check_no_running_statistics(params, [entry.weight_decay is not None for entry in resolved])
+            rules.resolve(params)
         return _hyper.init_count()
 
     def update_fn(updates: Any, state: CountState, params: Optional[Any] = None) -> tuple[Any, CountState]:
@@ -267,7 +269,6 @@ def per_layer_penalty(
     q = check_exponent(q)
     _tree.check_real(params)
     resolved = _Rules(weight_decays, mask).resolve(params)
-    _tree.check_no_running_statistics(params, [entry.weight_decay is not None for entry in resolved])
     total = jnp.zeros([], jnp.float32)
     for leaf, entry in zip(jax.tree.leaves(params), resolved, strict=True):
         if entry.weight_decay is not None:
@@ -294,7 +295,7 @@ def _find_per_layer_decays(transform: Any, depth: int = 0, seen: Optional[set] =
     elif isinstance(transform, optax.GradientTransformation):
         children = [transform.init, transform.update]
     elif callable(getattr(transform, "gradient_transformation", None)):  # optax.MultiSteps
-        children = [transform.gradient_transformation(), *vars(transform).values()]
+        children = list(vars(transform).values())
     elif inspect.ismethod(transform):
         children = [transform.__self__]
     elif callable(transform):
@@ -377,7 +378,7 @@ def describe(tx_or_rules: Any, params: Any, *, mask: Mask = None) -> str:
         rules = found[0].rules
     else:
         rules = _Rules(tx_or_rules, mask)
-    return _table(rules.resolve(params))
+    return _table(rules.resolve(params, acting=False))
 
 
 def _table(resolved: list[_ResolvedDecay]) -> str:

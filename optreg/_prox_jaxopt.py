@@ -101,15 +101,10 @@ def prox_non_negative_lasso(x: Any, l1reg: Any = None, scaling: Any = 1.0) -> An
     """argmin_{y >= 0} ½‖x − y‖² + scaling·l1reg·‖y‖₁ = max(x − scaling·l1reg, 0).
 
     Args:
-      x: a floating array or a pytree of them (non-floating leaves of a pytree pass through).
-      l1reg: >= 0 (default 1), the forms of :func:`prox_lasso`.
-      scaling: one number >= 0.
+      x, l1reg, scaling: as in :func:`prox_lasso`.
 
-    Returns:
-      The structure, shapes and dtypes of ``x``.
-
-    Raises:
-      ValueError, TypeError: as :func:`prox_lasso`.
+    Returns / Raises:
+      As :func:`prox_lasso`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -130,15 +125,11 @@ def prox_ridge(x: Any, l2reg: Any = None, scaling: Any = 1.0) -> Any:
     writes the penalty without the ½; its result, and this one, is x / (1 + scaling·l2reg).)
 
     Args:
-      x: a floating array or a pytree of them (non-floating leaves of a pytree pass through).
-      l2reg: >= 0 (default 1), the forms of :func:`prox_lasso`.
-      scaling: one number >= 0.
+      x, scaling: as in :func:`prox_lasso`.
+      l2reg: >= 0 (default 1), in the forms of ``l1reg`` there.
 
-    Returns:
-      The structure, shapes and dtypes of ``x``.
-
-    Raises:
-      ValueError, TypeError: as :func:`prox_lasso`.
+    Returns / Raises:
+      As :func:`prox_lasso`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -157,15 +148,11 @@ def prox_non_negative_ridge(x: Any, l2reg: Any = None, scaling: Any = 1.0) -> An
     """argmin_{y >= 0} ½‖x − y‖² + (scaling·l2reg/2)·‖y‖² = max(x, 0) / (1 + scaling·l2reg).
 
     Args:
-      x: a floating array or a pytree of them (non-floating leaves of a pytree pass through).
-      l2reg: >= 0 (default 1), the forms of :func:`prox_lasso`.
-      scaling: one number >= 0.
+      x, scaling: as in :func:`prox_lasso`.
+      l2reg: >= 0 (default 1), in the forms of ``l1reg`` there.
 
-    Returns:
-      The structure, shapes and dtypes of ``x``.
-
-    Raises:
-      ValueError, TypeError: as :func:`prox_lasso`.
+    Returns / Raises:
+      As :func:`prox_lasso`.
 
     Example:
       >>> import jax.numpy as jnp
